@@ -1,0 +1,2 @@
+// Filled in by the codec work of issue 2.
+export {};

@@ -1,0 +1,3 @@
+export * from './codec-laws.js';
+export * from './qemu.js';
+export * from './tmp.js';
