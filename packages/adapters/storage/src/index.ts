@@ -1,0 +1,1 @@
+export type { Storage, StorageResolver } from './storage.js';
