@@ -40,7 +40,8 @@ export const MAX_BACKING_FILE_NAME = 1023;
 /** Bitmaps: QCOW2_MAX_BITMAPS, BME_MAX_NAME_SIZE, the directory size limit, granularity bits. */
 export const MAX_BITMAPS = 65535;
 export const MAX_BITMAP_NAME_SIZE = 1023;
-export const MAX_BITMAP_DIRECTORY_SIZE = 64 * 65535;
+/** QCOW2_MAX_BITMAP_DIRECTORY_SIZE in block/qcow2.h is 1024 * QCOW2_MAX_BITMAPS (~64 MiB). */
+export const MAX_BITMAP_DIRECTORY_SIZE = 1024 * 65535;
 export const MIN_BITMAP_GRANULARITY_BITS = 9;
 export const MAX_BITMAP_GRANULARITY_BITS = 31;
 
