@@ -4,6 +4,7 @@ export * from './limits.js';
 export * from './features.js';
 export * from './header.js';
 export * from './extensions.js';
+export * from './header-cluster.js';
 export * from './snapshot.js';
 export * from './l1.js';
 export * from './l2.js';
