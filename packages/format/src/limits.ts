@@ -30,7 +30,7 @@ export const MAX_REFTABLE_SIZE_BYTES = 0x800000;
 
 /** QCOW_MAX_SNAPSHOTS and QCOW_MAX_SNAPSHOTS_SIZE. */
 export const MAX_SNAPSHOTS = 65536;
-export const MAX_SNAPSHOTS_SIZE_BYTES = 1024 * 65536;
+export const MAX_SNAPSHOTS_SIZE_BYTES: number = 1024 * 65536;
 /** Snapshot extra data qemu accepts (QCOW_MAX_SNAPSHOT_EXTRA_DATA). */
 export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
 
@@ -41,7 +41,7 @@ export const MAX_BACKING_FILE_NAME = 1023;
 export const MAX_BITMAPS = 65535;
 export const MAX_BITMAP_NAME_SIZE = 1023;
 /** QCOW2_MAX_BITMAP_DIRECTORY_SIZE in block/qcow2.h is 1024 * QCOW2_MAX_BITMAPS (~64 MiB). */
-export const MAX_BITMAP_DIRECTORY_SIZE = 1024 * 65535;
+export const MAX_BITMAP_DIRECTORY_SIZE: number = 1024 * 65535;
 export const MIN_BITMAP_GRANULARITY_BITS = 9;
 export const MAX_BITMAP_GRANULARITY_BITS = 31;
 
@@ -50,7 +50,7 @@ export const FEATURE_NAME_ENTRY_SIZE = 48;
 export const FEATURE_NAME_LENGTH = 46;
 
 /** Largest integer an offset or size may have: fields above are refused, not rounded. */
-export const MAX_SAFE_OFFSET = Number.MAX_SAFE_INTEGER;
+export const MAX_SAFE_OFFSET: number = Number.MAX_SAFE_INTEGER;
 
 /** L1/L2 entry masks (bits 9..55 hold a host offset). */
 export const L1E_OFFSET_MASK_HI = 0x00ffffff; // bits 32..55 of the high word
