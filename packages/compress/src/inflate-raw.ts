@@ -1,0 +1,313 @@
+import { corrupt, hex } from '@qcow2/format';
+
+/**
+ * A raw DEFLATE (RFC 1951) decoder that writes into a fixed buffer and must fill it exactly:
+ * what qemu's `inflate(Z_FINISH)` into a cluster does, but strict at both ends. It stops at the
+ * end of the final block (trailing bytes are ignored), throws when the stream would produce more
+ * than `dst.length` bytes, and allocates only fixed-size tables — never from the stream's fields.
+ */
+
+const MAX_BITS = 15;
+
+/** Length codes 257..285: base lengths and extra bits. */
+const LENGTH_BASE = new Uint16Array([
+  3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131,
+  163, 195, 227, 258,
+]);
+const LENGTH_EXTRA = new Uint8Array([
+  0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
+]);
+/** Distance codes 0..29. */
+const DIST_BASE = new Uint16Array([
+  1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049,
+  3073, 4097, 6145, 8193, 12289, 16385, 24577,
+]);
+const DIST_EXTRA = new Uint8Array([
+  0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13,
+]);
+/** The order in which code length code lengths are sent. */
+const CODE_LENGTH_ORDER = new Uint8Array([
+  16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+]);
+
+/**
+ * A decoding table indexed by the next `bits` input bits (LSB first): each entry is
+ * `symbol << 4 | codeLength`, 0 where no code maps (an incomplete code).
+ */
+interface HuffmanTable {
+  table: Uint16Array;
+  bits: number;
+}
+
+/** Reusable scratch: the decoder is synchronous, so one set per module is enough. */
+const litLenTable: HuffmanTable = { table: new Uint16Array(1 << MAX_BITS), bits: 0 };
+const distTable: HuffmanTable = { table: new Uint16Array(1 << MAX_BITS), bits: 0 };
+const codeLenTable: HuffmanTable = { table: new Uint16Array(1 << 7), bits: 0 };
+const lengths = new Uint8Array(288 + 32);
+const blCount = new Uint16Array(MAX_BITS + 1);
+const nextCode = new Uint16Array(MAX_BITS + 1);
+
+let fixedLitLen: HuffmanTable | undefined;
+let fixedDist: HuffmanTable | undefined;
+
+/** Builds a canonical Huffman decoding table from code lengths; false when over-subscribed. */
+function buildTable(
+  out: HuffmanTable,
+  codeLengths: Uint8Array,
+  start: number,
+  count: number,
+): boolean {
+  blCount.fill(0);
+  let maxLen = 0;
+  for (let i = 0; i < count; i++) {
+    const len = codeLengths[start + i]!;
+    blCount[len]!++;
+    if (len > maxLen) maxLen = len;
+  }
+  blCount[0] = 0;
+  // Over-subscription check (Kraft sum > 1).
+  let left = 1;
+  for (let len = 1; len <= MAX_BITS; len++) {
+    left = (left << 1) - blCount[len]!;
+    if (left < 0) return false;
+  }
+  let code = 0;
+  for (let len = 1; len <= MAX_BITS; len++) {
+    code = (code + blCount[len - 1]!) << 1;
+    nextCode[len] = code;
+  }
+  const bits = Math.max(maxLen, 1);
+  const size = 1 << bits;
+  const table = out.table;
+  table.fill(0, 0, size);
+  for (let sym = 0; sym < count; sym++) {
+    const len = codeLengths[start + sym]!;
+    if (len === 0) continue;
+    const c = nextCode[len]!;
+    nextCode[len] = c + 1;
+    // Codes are sent MSB first into an LSB-first stream: index by the reversed code.
+    let rev = 0;
+    for (let i = 0; i < len; i++) rev |= ((c >>> i) & 1) << (len - 1 - i);
+    const entry = (sym << 4) | len;
+    for (let i = rev; i < size; i += 1 << len) table[i] = entry;
+  }
+  out.bits = bits;
+  return true;
+}
+
+function fixedTables(): [HuffmanTable, HuffmanTable] {
+  if (fixedLitLen === undefined || fixedDist === undefined) {
+    const l = new Uint8Array(288);
+    l.fill(8, 0, 144);
+    l.fill(9, 144, 256);
+    l.fill(7, 256, 280);
+    l.fill(8, 280, 288);
+    const lit: HuffmanTable = { table: new Uint16Array(1 << 9), bits: 0 };
+    buildTable(lit, l, 0, 288);
+    const d = new Uint8Array(30).fill(5);
+    const dist: HuffmanTable = { table: new Uint16Array(1 << 5), bits: 0 };
+    buildTable(dist, d, 0, 30);
+    fixedLitLen = lit;
+    fixedDist = dist;
+  }
+  return [fixedLitLen, fixedDist];
+}
+
+/**
+ * Inflates the raw deflate stream at the start of `src` into `dst`, which must come out exactly
+ * full. Returns the number of input bytes the stream occupied (whole bytes, the last one possibly
+ * partly used). `what` names the stream in error messages.
+ */
+export function inflateRawInto(src: Uint8Array, dst: Uint8Array, what = 'deflate stream'): number {
+  const inLen = src.length;
+  const outLen = dst.length;
+  let pos = 0; // next input byte
+  let bitBuf = 0; // pending bits, LSB first
+  let bitCnt = 0; // number of valid bits in bitBuf (may exceed the input when padded at the end)
+  let padded = 0; // zero bits appended past the end of the input
+  let out = 0;
+
+  const truncated = (): never => {
+    throw corrupt(`${what}: truncated after ${hex(inLen)} input bytes (${hex(out)} of ${hex(outLen)} bytes produced)`);
+  };
+
+  // Refill to at least `need` bits (need <= 24); past the end of input, pad with zeros and
+  // remember how many, so a code that uses them is reported as truncation.
+  const refill = (need: number): void => {
+    while (bitCnt < need) {
+      if (pos < inLen) {
+        bitBuf |= src[pos++]! << bitCnt;
+      } else {
+        padded += 8;
+      }
+      bitCnt += 8;
+    }
+  };
+  const consume = (n: number): void => {
+    if (n > bitCnt - padded) truncated();
+    bitBuf >>>= n;
+    bitCnt -= n;
+  };
+  const bitsOf = (n: number): number => {
+    refill(n);
+    const v = bitBuf & ((1 << n) - 1);
+    consume(n);
+    return v;
+  };
+  const decodeSymbol = (t: HuffmanTable): number => {
+    refill(t.bits);
+    const entry = t.table[bitBuf & ((1 << t.bits) - 1)]!;
+    const len = entry & 15;
+    if (len === 0) {
+      throw corrupt(`${what}: invalid Huffman code at input byte ${hex(Math.min(pos, inLen))}`);
+    }
+    consume(len);
+    return entry >>> 4;
+  };
+
+  let final = 0;
+  do {
+    final = bitsOf(1);
+    const type = bitsOf(2);
+    if (type === 0) {
+      // Stored: skip to a byte boundary, then LEN and NLEN.
+      consume(bitCnt & 7);
+      // Give back whole buffered bytes so the stored data is read straight from src.
+      pos -= (bitCnt - padded) >>> 3;
+      bitBuf = 0;
+      bitCnt = 0;
+      padded = 0;
+      if (pos + 4 > inLen) truncated();
+      const len = src[pos]! | (src[pos + 1]! << 8);
+      const nlen = src[pos + 2]! | (src[pos + 3]! << 8);
+      if ((len ^ 0xffff) !== nlen) {
+        throw corrupt(`${what}: stored block at input byte ${hex(pos)} has LEN ${hex(len)} and NLEN ${hex(nlen)} that do not match`);
+      }
+      pos += 4;
+      if (pos + len > inLen) truncated();
+      if (out + len > outLen) {
+        throw corrupt(`${what}: produces more than the ${hex(outLen)}-byte cluster (stored block at input byte ${hex(pos - 4)})`);
+      }
+      dst.set(src.subarray(pos, pos + len), out);
+      pos += len;
+      out += len;
+      continue;
+    }
+    let lit: HuffmanTable;
+    let dist: HuffmanTable;
+    if (type === 1) {
+      [lit, dist] = fixedTables();
+    } else if (type === 2) {
+      const hlit = bitsOf(5) + 257;
+      const hdist = bitsOf(5) + 1;
+      const hclen = bitsOf(4) + 4;
+      if (hlit > 286 || hdist > 30) {
+        throw corrupt(`${what}: dynamic block declares ${hlit} literal/length and ${hdist} distance codes (at most 286 and 30)`);
+      }
+      lengths.fill(0, 0, 19);
+      for (let i = 0; i < hclen; i++) lengths[CODE_LENGTH_ORDER[i]!] = bitsOf(3);
+      if (!buildTable(codeLenTable, lengths, 0, 19)) {
+        throw corrupt(`${what}: over-subscribed code length code at input byte ${hex(pos)}`);
+      }
+      const total = hlit + hdist;
+      let i = 0;
+      while (i < total) {
+        const sym = decodeSymbol(codeLenTable);
+        if (sym < 16) {
+          lengths[i++] = sym;
+          continue;
+        }
+        let repeat: number;
+        let value = 0;
+        if (sym === 16) {
+          if (i === 0) throw corrupt(`${what}: code length repeat with no previous length at input byte ${hex(pos)}`);
+          value = lengths[i - 1]!;
+          repeat = 3 + bitsOf(2);
+        } else if (sym === 17) {
+          repeat = 3 + bitsOf(3);
+        } else {
+          repeat = 11 + bitsOf(7);
+        }
+        if (i + repeat > total) {
+          throw corrupt(`${what}: code lengths overrun ${total} codes at input byte ${hex(pos)}`);
+        }
+        lengths.fill(value, i, i + repeat);
+        i += repeat;
+      }
+      if (lengths[256] === 0) {
+        throw corrupt(`${what}: dynamic block has no end-of-block code (input byte ${hex(pos)})`);
+      }
+      if (!buildTable(litLenTable, lengths, 0, hlit)) {
+        throw corrupt(`${what}: over-subscribed literal/length code at input byte ${hex(pos)}`);
+      }
+      if (!buildTable(distTable, lengths, hlit, hdist)) {
+        throw corrupt(`${what}: over-subscribed distance code at input byte ${hex(pos)}`);
+      }
+      lit = litLenTable;
+      dist = distTable;
+    } else {
+      throw corrupt(`${what}: reserved block type 3 at input byte ${hex(Math.max(0, pos - 1))}`);
+    }
+
+    // The literal/length loop, with the bit buffer in locals for speed.
+    const litTab = lit.table;
+    const litBits = lit.bits;
+    const litMask = (1 << litBits) - 1;
+    const distTab = dist.table;
+    const distBits = dist.bits;
+    const distMask = (1 << distBits) - 1;
+    for (;;) {
+      if (bitCnt < litBits) refill(litBits);
+      const entry = litTab[bitBuf & litMask]!;
+      const len = entry & 15;
+      if (len === 0) throw corrupt(`${what}: invalid literal/length code at input byte ${hex(Math.min(pos, inLen))}`);
+      if (len > bitCnt - padded) truncated();
+      bitBuf >>>= len;
+      bitCnt -= len;
+      const sym = entry >>> 4;
+      if (sym < 256) {
+        if (out >= outLen) {
+          throw corrupt(`${what}: produces more than the ${hex(outLen)}-byte cluster (input byte ${hex(pos)})`);
+        }
+        dst[out++] = sym;
+        continue;
+      }
+      if (sym === 256) break;
+      const li = sym - 257;
+      if (li >= 29) throw corrupt(`${what}: invalid length symbol ${sym} at input byte ${hex(pos)}`);
+      const lenExtra = LENGTH_EXTRA[li]!;
+      const length = LENGTH_BASE[li]! + (lenExtra === 0 ? 0 : bitsOf(lenExtra));
+      if (bitCnt < distBits) refill(distBits);
+      const dEntry = distTab[bitBuf & distMask]!;
+      const dLen = dEntry & 15;
+      if (dLen === 0) throw corrupt(`${what}: invalid distance code at input byte ${hex(Math.min(pos, inLen))}`);
+      if (dLen > bitCnt - padded) truncated();
+      bitBuf >>>= dLen;
+      bitCnt -= dLen;
+      const dSym = dEntry >>> 4;
+      if (dSym >= 30) throw corrupt(`${what}: invalid distance symbol ${dSym} at input byte ${hex(pos)}`);
+      const distExtra = DIST_EXTRA[dSym]!;
+      const distance = DIST_BASE[dSym]! + (distExtra === 0 ? 0 : bitsOf(distExtra));
+      if (distance > out) {
+        throw corrupt(`${what}: distance ${distance} reaches before the start of the cluster (at output ${hex(out)})`);
+      }
+      if (out + length > outLen) {
+        throw corrupt(`${what}: produces more than the ${hex(outLen)}-byte cluster (match at output ${hex(out)})`);
+      }
+      let from = out - distance;
+      if (distance >= length) {
+        dst.copyWithin(out, from, from + length);
+        out += length;
+      } else {
+        const end = out + length;
+        while (out < end) dst[out++] = dst[from++]!;
+      }
+    }
+  } while (final === 0);
+
+  if (out !== outLen) {
+    throw corrupt(`${what}: ends after ${hex(out)} bytes, the cluster is ${hex(outLen)} bytes`);
+  }
+  // Whole bytes consumed: bits still buffered from real input go back.
+  return pos - ((bitCnt - padded) >>> 3);
+}
