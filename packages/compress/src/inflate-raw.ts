@@ -50,13 +50,19 @@ const nextCode = new Uint16Array(MAX_BITS + 1);
 let fixedLitLen: HuffmanTable | undefined;
 let fixedDist: HuffmanTable | undefined;
 
-/** Builds a canonical Huffman decoding table from code lengths; false when over-subscribed. */
+/**
+ * Builds a canonical Huffman decoding table from code lengths. Returns an error description
+ * when the lengths do not make a code zlib accepts: over-subscribed, or incomplete (allowed, as
+ * zlib allows it, only for a literal/length or distance code that is a single 1-bit code or
+ * has no codes at all).
+ */
 function buildTable(
   out: HuffmanTable,
   codeLengths: Uint8Array,
   start: number,
   count: number,
-): boolean {
+  allowSingle: boolean,
+): string | undefined {
   blCount.fill(0);
   let maxLen = 0;
   for (let i = 0; i < count; i++) {
@@ -69,8 +75,9 @@ function buildTable(
   let left = 1;
   for (let len = 1; len <= MAX_BITS; len++) {
     left = (left << 1) - blCount[len]!;
-    if (left < 0) return false;
+    if (left < 0) return 'over-subscribed';
   }
+  if (left > 0 && maxLen > 0 && !(allowSingle && maxLen === 1)) return 'incomplete';
   let code = 0;
   for (let len = 1; len <= MAX_BITS; len++) {
     code = (code + blCount[len - 1]!) << 1;
@@ -92,7 +99,7 @@ function buildTable(
     for (let i = rev; i < size; i += 1 << len) table[i] = entry;
   }
   out.bits = bits;
-  return true;
+  return undefined;
 }
 
 function fixedTables(): [HuffmanTable, HuffmanTable] {
@@ -103,10 +110,10 @@ function fixedTables(): [HuffmanTable, HuffmanTable] {
     l.fill(7, 256, 280);
     l.fill(8, 280, 288);
     const lit: HuffmanTable = { table: new Uint16Array(1 << 9), bits: 0 };
-    buildTable(lit, l, 0, 288);
-    const d = new Uint8Array(30).fill(5);
+    buildTable(lit, l, 0, 288, false);
+    const d = new Uint8Array(32).fill(5); // 30 and 31 are valid codes, invalid symbols
     const dist: HuffmanTable = { table: new Uint16Array(1 << 5), bits: 0 };
-    buildTable(dist, d, 0, 30);
+    buildTable(dist, d, 0, 32, false);
     fixedLitLen = lit;
     fixedDist = dist;
   }
@@ -206,8 +213,9 @@ export function inflateRawInto(src: Uint8Array, dst: Uint8Array, what = 'deflate
       }
       lengths.fill(0, 0, 19);
       for (let i = 0; i < hclen; i++) lengths[CODE_LENGTH_ORDER[i]!] = bitsOf(3);
-      if (!buildTable(codeLenTable, lengths, 0, 19)) {
-        throw corrupt(`${what}: over-subscribed code length code at input byte ${hex(pos)}`);
+      const codeLenError = buildTable(codeLenTable, lengths, 0, 19, false);
+      if (codeLenError !== undefined) {
+        throw corrupt(`${what}: ${codeLenError} code length code at input byte ${hex(pos)}`);
       }
       const total = hlit + hdist;
       let i = 0;
@@ -237,11 +245,13 @@ export function inflateRawInto(src: Uint8Array, dst: Uint8Array, what = 'deflate
       if (lengths[256] === 0) {
         throw corrupt(`${what}: dynamic block has no end-of-block code (input byte ${hex(pos)})`);
       }
-      if (!buildTable(litLenTable, lengths, 0, hlit)) {
-        throw corrupt(`${what}: over-subscribed literal/length code at input byte ${hex(pos)}`);
+      const litError = buildTable(litLenTable, lengths, 0, hlit, true);
+      if (litError !== undefined) {
+        throw corrupt(`${what}: ${litError} literal/length code at input byte ${hex(pos)}`);
       }
-      if (!buildTable(distTable, lengths, hlit, hdist)) {
-        throw corrupt(`${what}: over-subscribed distance code at input byte ${hex(pos)}`);
+      const distError = buildTable(distTable, lengths, hlit, hdist, true);
+      if (distError !== undefined) {
+        throw corrupt(`${what}: ${distError} distance code at input byte ${hex(pos)}`);
       }
       lit = litLenTable;
       dist = distTable;
