@@ -1,0 +1,2 @@
+export { createNodeStorage, type NodeStorage, type NodeStorageOptions } from './node-storage.js';
+export { createNodeResolver, type NodeResolverOptions } from './node-resolver.js';
