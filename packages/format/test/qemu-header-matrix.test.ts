@@ -13,7 +13,9 @@ import {
   INCOMPAT_DIRTY,
   INCOMPAT_EXTENDED_L2,
   isQcow2Error,
+  l1EntriesForVirtualSize,
   layoutHeaderCluster,
+  QEMU_FEATURE_NAME_TABLE,
   readClusterSize,
   type HeaderCluster,
   type Qcow2Error,
@@ -198,6 +200,13 @@ function checkAgainstInfo(decoded: HeaderCluster, info: Record<string, unknown>)
   expect(findHeaderExtension(extensions, 'bitmaps')?.nbBitmaps ?? 0).toBe(bitmaps.length);
   const snapshots = (info['snapshots'] as unknown[] | undefined) ?? [];
   expect(header.nbSnapshots).toBe(snapshots.length);
+  // qemu-img create sizes the L1 table exactly (qcow2_grow_l1_table with exact_size).
+  const extendedL2 = (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n;
+  expect(header.l1Size).toBe(l1EntriesForVirtualSize(header.size, header.clusterBits, extendedL2));
+  // qemu writes its feature name table into v3 images with clusters over 4 KiB, and only there.
+  const table = findHeaderExtension(extensions, 'feature-names');
+  if (header.version === 3 && header.clusterBits > 12) expect(table?.entries).toEqual(QEMU_FEATURE_NAME_TABLE);
+  else expect(table).toBeUndefined();
 }
 
 describeWithQemu('qcow2 header cluster against qemu-img', () => {
