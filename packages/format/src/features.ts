@@ -69,7 +69,7 @@ export const QEMU_FEATURE_NAME_TABLE: readonly FeatureNameEntry[] = [
   { type: FEATURE_TYPE_AUTOCLEAR, bit: AUTOCLEAR_DATA_FILE_RAW_BIT, name: 'raw external data' },
 ];
 
-/** True when `bit` is set in `mask`. */
+/** True when any bit of `feature` is set in `mask`: `hasFeature(header.incompatibleFeatures, INCOMPAT_DIRTY)`. */
 export function hasFeature(mask: bigint, feature: bigint): boolean {
   return (mask & feature) !== 0n;
 }

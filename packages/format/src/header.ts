@@ -125,11 +125,6 @@ function writeMask(view: DataView, offset: number, value: bigint, name: FieldNam
   view.setUint32(offset + 4, Number(value & 0xffff_ffffn));
 }
 
-/** The hex spelling qemu uses for masks in messages (`8000`, no 0x). */
-export function maskHex(mask: bigint): string {
-  return mask.toString(16);
-}
-
 /**
  * Decodes the fixed header from the start of `bytes` (at least header_length bytes; the whole
  * first cluster is fine). Structural checks only: magic, version, header_length (v3: ≥ 104, a
@@ -295,11 +290,6 @@ export function encodeHeader(header: Qcow2Header): Uint8Array {
 /** Cluster size in bytes (1 << clusterBits). */
 export function clusterSizeOf(header: Pick<Qcow2Header, 'clusterBits'>): number {
   return 2 ** header.clusterBits;
-}
-
-/** Bytes per L2 entry: 16 with extended L2 entries, 8 otherwise. */
-export function l2EntrySizeOf(header: Pick<Qcow2Header, 'incompatibleFeatures'>): number {
-  return (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n ? 16 : 8;
 }
 
 /**
