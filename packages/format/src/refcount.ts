@@ -24,10 +24,13 @@ export const MAX_REFCOUNT_TABLE_ENTRIES: number = MAX_REFTABLE_SIZE_BYTES / REFC
 const TWO_POW_32 = 0x1_0000_0000;
 
 function checkOrder(order: number): void {
-  if (!Number.isInteger(order) || order < 0 || order > MAX_REFCOUNT_ORDER) {
+  if (!(order >= 0 && order <= MAX_REFCOUNT_ORDER && (order | 0) === order)) {
     throw invalidArgument(`refcount_order: ${order} is not an integer in 0..${MAX_REFCOUNT_ORDER}`);
   }
 }
+
+/** refcountMax by order; 64-bit entries are capped at 2^53 − 1. */
+const MAX_BY_ORDER: readonly number[] = [1, 3, 0xf, 0xff, 0xffff, 0xffff_ffff, Number.MAX_SAFE_INTEGER];
 
 /** refcount_bits = 1 << order (order 0..6). */
 export function refcountBits(order: number): number {
@@ -41,7 +44,7 @@ export function refcountBits(order: number): number {
  */
 export function refcountMax(order: number): number {
   checkOrder(order);
-  return order === 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << order) - 1;
+  return MAX_BY_ORDER[order]!;
 }
 
 /** Entries per refcount block: cluster_size * 8 / refcount_bits. */
@@ -63,7 +66,7 @@ export function refcountBlockIndex(hostOffset: number, clusterBits: number, orde
 function checkIndex(block: Uint8Array, index: number, order: number): void {
   checkOrder(order);
   const entries = (block.byteLength * 8) >>> order;
-  if (!(index >= 0 && index < entries) || !Number.isInteger(index)) {
+  if (!(index >= 0 && index < entries && Math.floor(index) === index)) {
     throw invalidArgument(
       `refcount block index ${index}: outside the ${entries} ${1 << order}-bit entries of a ${block.byteLength}-byte block`,
     );
@@ -115,8 +118,8 @@ export function getRefcount(block: Uint8Array, index: number, order: number): nu
  */
 export function setRefcount(block: Uint8Array, index: number, order: number, value: number): void {
   checkIndex(block, index, order);
-  const max = refcountMax(order);
-  if (!(value >= 0 && value <= max) || !Number.isInteger(value)) {
+  const max = MAX_BY_ORDER[order]!;
+  if (!(value >= 0 && value <= max && Math.floor(value) === value)) {
     throw invalidArgument(
       `refcount block index ${index}: refcount ${value} is not an integer in 0..${max} (refcount_bits ${1 << order})`,
     );
