@@ -1,5 +1,6 @@
-import { alignUp, decodeString, encodeString, need, readU64, viewOf, writeU64 } from './binary.js';
+import { alignUp, need, readU64, viewOf, writeU64 } from './binary.js';
 import { corrupt, hex, invalidArgument, unsupported } from './errors.js';
+import { decodeByteString, encodeByteString } from './extensions.js';
 import { entryWhere, type TableContext } from './l1.js';
 import {
   L1E_OFFSET_MASK_HI,
@@ -67,14 +68,21 @@ export interface BitmapDirectoryEntry {
   type: number;
   /** granularity = 1 << granularityBits bytes per bit (qemu: 9..31). */
   granularityBits: number;
+  /** The name, decoded as UTF-8. */
   name: string;
+  /** The raw name, present only when its bytes are not the UTF-8 encoding of `name`. */
+  nameBytes?: Uint8Array;
   /** Type-specific extra data, byte for byte (qemu refuses to load bitmaps that have any). */
   extraData: Uint8Array;
 }
 
 /** Encoded size of a directory entry, padding included. */
 export function bitmapDirectoryEntrySize(entry: BitmapDirectoryEntry): number {
-  return alignUp(BITMAP_DIRECTORY_ENTRY_HEADER_SIZE + entry.extraData.byteLength + encodeString(entry.name).byteLength, 8);
+  return alignUp(BITMAP_DIRECTORY_ENTRY_HEADER_SIZE + entry.extraData.byteLength + nameBytesOf(entry).byteLength, 8);
+}
+
+function nameBytesOf(entry: BitmapDirectoryEntry): Uint8Array {
+  return entry.nameBytes === undefined ? encodeByteString({ name: entry.name }) : entry.nameBytes;
 }
 
 function whereAt(ctx: TableContext | undefined, offset: number): string {
@@ -138,20 +146,20 @@ export function decodeBitmapDirectoryEntry(
   if (bitmapTableOffset === 0 || bitmapTableOffset % alignment !== 0) {
     throw corrupt(`${where}: bitmap_table_offset ${hex(bitmapTableOffset)} is 0 or not aligned to ${alignment}`);
   }
-  return {
-    entry: {
-      bitmapTableOffset,
-      bitmapTableSize,
-      inUse: (flags & BITMAP_FLAG_IN_USE) !== 0,
-      auto: (flags & BITMAP_FLAG_AUTO) !== 0,
-      extraDataCompatible: (flags & BITMAP_FLAG_EXTRA_DATA_COMPATIBLE) !== 0,
-      type: view.getUint8(offset + 16),
-      granularityBits,
-      name: decodeString(bytes.subarray(nameAt, nameEnd)),
-      extraData: bytes.slice(extraAt, nameAt),
-    },
-    end,
+  const name = decodeByteString(bytes.subarray(nameAt, nameEnd));
+  const entry: BitmapDirectoryEntry = {
+    bitmapTableOffset,
+    bitmapTableSize,
+    inUse: (flags & BITMAP_FLAG_IN_USE) !== 0,
+    auto: (flags & BITMAP_FLAG_AUTO) !== 0,
+    extraDataCompatible: (flags & BITMAP_FLAG_EXTRA_DATA_COMPATIBLE) !== 0,
+    type: view.getUint8(offset + 16),
+    granularityBits,
+    name: name.name,
+    extraData: bytes.slice(extraAt, nameAt),
   };
+  if (name.nameBytes !== undefined) entry.nameBytes = name.nameBytes;
+  return { entry, end };
 }
 
 /**
@@ -160,7 +168,7 @@ export function decodeBitmapDirectoryEntry(
  * size outside 1..2^27, a table offset that is 0 or not a multiple of 512, a type not a byte.
  */
 export function encodeBitmapDirectoryEntry(entry: BitmapDirectoryEntry): Uint8Array {
-  const name = encodeString(entry.name);
+  const name = nameBytesOf(entry);
   if (name.byteLength === 0 || name.byteLength > MAX_BITMAP_NAME_SIZE) {
     throw invalidArgument(`bitmap name: ${name.byteLength} bytes is not in 1..${MAX_BITMAP_NAME_SIZE}`);
   }

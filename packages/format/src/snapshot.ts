@@ -1,5 +1,6 @@
-import { alignUp, decodeString, encodeString, need, readU64, viewOf, writeU64 } from './binary.js';
+import { alignUp, need, readU64, viewOf, writeU64 } from './binary.js';
 import { corrupt, hex, invalidArgument, unsupported } from './errors.js';
+import { decodeByteString, encodeByteString } from './extensions.js';
 import { MAX_L1_ENTRIES, type TableContext } from './l1.js';
 import { MAX_L1_SIZE_BYTES, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOTS, MAX_SNAPSHOTS_SIZE_BYTES } from './limits.js';
 
@@ -33,9 +34,14 @@ export interface SnapshotEntry {
   l1TableOffset: number;
   /** Entries in the snapshot's L1 table. */
   l1Size: number;
-  /** Unique ID string (qemu uses decimal numbers: "1", "2", ...). */
+  /** Unique ID string (qemu uses decimal numbers: "1", "2", ...), decoded as UTF-8. */
   id: string;
+  /** The raw id, present only when its bytes are not the UTF-8 encoding of `id`. */
+  idBytes?: Uint8Array;
+  /** The name, decoded as UTF-8. */
   name: string;
+  /** The raw name, present only when its bytes are not the UTF-8 encoding of `name`. */
+  nameBytes?: Uint8Array;
   /** Wall-clock time of the snapshot: seconds since the Epoch, and nanoseconds. */
   dateSec: number;
   dateNsec: number;
@@ -73,9 +79,17 @@ export function snapshotExtraDataSize(entry: SnapshotEntry): number {
 /** Encoded size of an entry, padding to 8 included. */
 export function snapshotEntrySize(entry: SnapshotEntry): number {
   return alignUp(
-    SNAPSHOT_HEADER_SIZE + snapshotExtraDataSize(entry) + encodeString(entry.id).byteLength + encodeString(entry.name).byteLength,
+    SNAPSHOT_HEADER_SIZE + snapshotExtraDataSize(entry) + idBytesOf(entry).byteLength + nameBytesOf(entry).byteLength,
     8,
   );
+}
+
+function idBytesOf(entry: SnapshotEntry): Uint8Array {
+  return entry.idBytes === undefined ? encodeByteString({ name: entry.id }) : entry.idBytes;
+}
+
+function nameBytesOf(entry: SnapshotEntry): Uint8Array {
+  return entry.nameBytes === undefined ? encodeByteString({ name: entry.name }) : entry.nameBytes;
 }
 
 function whereAt(ctx: TableContext | undefined, offset: number): string {
@@ -130,17 +144,21 @@ export function decodeSnapshotEntry(
     throw corrupt(`${where}: l1_size ${l1Size} exceeds qemu's ${MAX_L1_SIZE_BYTES}-byte L1 table limit`);
   }
 
+  const id = decodeByteString(bytes.subarray(idAt, nameAt));
+  const name = decodeByteString(bytes.subarray(nameAt, end));
   const entry: SnapshotEntry = {
     l1TableOffset,
     l1Size,
-    id: decodeString(bytes.subarray(idAt, nameAt)),
-    name: decodeString(bytes.subarray(nameAt, end)),
+    id: id.name,
+    name: name.name,
     dateSec: view.getUint32(offset + 16),
     dateNsec: view.getUint32(offset + 20),
     vmClockNsec: readU64Big(view, offset + 24),
     vmStateSize: view.getUint32(offset + 32),
     unknownExtraData: new Uint8Array(0),
   };
+  if (id.nameBytes !== undefined) entry.idBytes = id.nameBytes;
+  if (name.nameBytes !== undefined) entry.nameBytes = name.nameBytes;
   let known = 0;
   if (extraDataSize >= 8) {
     entry.vmStateSizeLarge = readU64(view, extraAt, `${where}: extra data vm_state_size_large`);
@@ -189,8 +207,8 @@ export function encodeSnapshotEntry(entry: SnapshotEntry): Uint8Array {
   checkU32(entry.dateNsec, 'date_nsec');
   checkU32(entry.vmStateSize, 'vm_state_size');
   checkU64Big(entry.vmClockNsec, 'vm_clock_nsec');
-  const id = encodeString(entry.id);
-  const name = encodeString(entry.name);
+  const id = idBytesOf(entry);
+  const name = nameBytesOf(entry);
   if (id.byteLength > 0xffff) throw invalidArgument(`snapshot id: ${id.byteLength} bytes exceed 65535`);
   if (name.byteLength > 0xffff) throw invalidArgument(`snapshot name: ${name.byteLength} bytes exceed 65535`);
 

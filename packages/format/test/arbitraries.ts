@@ -1,4 +1,5 @@
 import fc from 'fast-check';
+import { decodeByteString } from '@qcow2/format';
 import type {
   BitmapDirectoryEntry,
   BitmapTableEntry,
@@ -167,12 +168,25 @@ export const refcountTableOffset: fc.Arbitrary<number> = alignedOffset(9);
 const name = (maxLength: number): fc.Arbitrary<string> =>
   fc.oneof(fc.string({ maxLength }), fc.string({ unit: 'grapheme', maxLength }));
 
+/**
+ * A name as the decoders return it: a string, plus the raw bytes when they are not its UTF-8
+ * encoding (arbitrary bytes, invalid UTF-8 included).
+ */
+export function byteString(maxLength: number, minLength = 0): fc.Arbitrary<{ name: string; nameBytes?: Uint8Array }> {
+  return fc.oneof(
+    name(maxLength)
+      .filter((n) => new TextEncoder().encode(n).length >= minLength && new TextEncoder().encode(n).length <= maxLength * 4)
+      .map((n) => ({ name: n })),
+    fc.uint8Array({ minLength, maxLength }).map(decodeByteString),
+  );
+}
+
 export const snapshotEntry: fc.Arbitrary<SnapshotEntry> = fc
   .record({
     l1TableOffset: alignedOffset(9),
     l1Size: fc.integer({ min: 0, max: 0x40_0000 }),
-    id: name(20),
-    name: name(40),
+    id: byteString(20),
+    name: byteString(40),
     dateSec: u32,
     dateNsec: u32,
     vmClockNsec: u64Big,
@@ -191,14 +205,16 @@ export const snapshotEntry: fc.Arbitrary<SnapshotEntry> = fc
     const entry: SnapshotEntry = {
       l1TableOffset: r.l1TableOffset,
       l1Size: r.l1Size,
-      id: r.id,
-      name: r.name,
+      id: r.id.name,
+      name: r.name.name,
       dateSec: r.dateSec,
       dateNsec: r.dateNsec,
       vmClockNsec: r.vmClockNsec,
       vmStateSize: r.vmStateSize,
       unknownExtraData,
     };
+    if (r.id.nameBytes !== undefined) entry.idBytes = r.id.nameBytes;
+    if (r.name.nameBytes !== undefined) entry.nameBytes = r.name.nameBytes;
     if (r.known >= 1) entry.vmStateSizeLarge = r.vmStateSizeLarge;
     if (r.known >= 2) entry.diskSize = r.diskSize;
     if (r.known >= 3) entry.icount = r.icount;
@@ -208,19 +224,19 @@ export const snapshotEntry: fc.Arbitrary<SnapshotEntry> = fc
 // ---------------------------------------------------------------------------------------------
 // Bitmaps
 
-export const bitmapDirectoryEntry: fc.Arbitrary<BitmapDirectoryEntry> = fc.record({
-  bitmapTableOffset: alignedOffset(9, { nonZero: true }),
-  bitmapTableSize: fc.integer({ min: 1, max: 0x800_0000 }),
-  inUse: fc.boolean(),
-  auto: fc.boolean(),
-  extraDataCompatible: fc.boolean(),
-  type: fc.oneof(fc.constant(1), fc.integer({ min: 0, max: 255 })),
-  granularityBits: fc.integer({ min: 9, max: 31 }),
-  name: name(40)
-    .filter((s) => s.length > 0)
-    .map((s) => s),
-  extraData: fc.oneof(fc.constant(new Uint8Array(0)), fc.uint8Array({ maxLength: 40 })),
-});
+export const bitmapDirectoryEntry: fc.Arbitrary<BitmapDirectoryEntry> = fc
+  .record({
+    bitmapTableOffset: alignedOffset(9, { nonZero: true }),
+    bitmapTableSize: fc.integer({ min: 1, max: 0x800_0000 }),
+    inUse: fc.boolean(),
+    auto: fc.boolean(),
+    extraDataCompatible: fc.boolean(),
+    type: fc.oneof(fc.constant(1), fc.integer({ min: 0, max: 255 })),
+    granularityBits: fc.integer({ min: 9, max: 31 }),
+    name: byteString(40, 1),
+    extraData: fc.oneof(fc.constant(new Uint8Array(0)), fc.uint8Array({ maxLength: 40 })),
+  })
+  .map(({ name: n, ...rest }): BitmapDirectoryEntry => (n.nameBytes === undefined ? { ...rest, name: n.name } : { ...rest, name: n.name, nameBytes: n.nameBytes }));
 
 export const bitmapTableEntry: fc.Arbitrary<BitmapTableEntry> = fc.oneof(
   fc.constant<BitmapTableEntry>({ kind: 'zeros' }),

@@ -89,6 +89,14 @@ describe('bitmap directory', () => {
     expect(bitmapDirectoryEntrySize(decodeBitmapDirectory(bytes, 1)[0]!)).toBe(32);
   });
 
+  it('keeps names that are not UTF-8 byte for byte', () => {
+    const bytes = rawEntry({ name: [0x62, 0x80, 0x6d] });
+    const [entry] = decodeBitmapDirectory(bytes, 1);
+    expect(entry!.name).toBe('b\ufffdm');
+    expect(entry!.nameBytes).toEqual(Uint8Array.of(0x62, 0x80, 0x6d));
+    expect(encodeBitmapDirectory([entry!])).toEqual(bytes);
+  });
+
   it("enforces the spec's and qemu's limits", () => {
     expect(codeOf(() => decodeBitmapDirectory(rawEntry({ flags: 0x8 }), 1))).toBe('CORRUPT');
     expect(codeOf(() => decodeBitmapDirectory(rawEntry({ granularity: 8 }), 1))).toBe('UNSUPPORTED');

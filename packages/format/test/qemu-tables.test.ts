@@ -19,11 +19,13 @@ import {
   encodeRefcountBlock,
   encodeRefcountTable,
   encodeSnapshotEntry,
+  decodeHeaderCluster,
+  findHeaderExtension,
   getRefcount,
+  INCOMPAT_EXTENDED_L2,
   l2EntrySize,
   l2EntryTypeAt,
   l2SubclusterTypeAt,
-  readU64,
   refcountBlockEntries,
   SNAPSHOT_NO_ICOUNT,
   snapshotVmStateSize,
@@ -204,7 +206,7 @@ const scenarios: Scenario[] = [
 ];
 
 // ---------------------------------------------------------------------------------------------
-// The first cluster, read directly (the header codec is written elsewhere).
+// The first cluster, through the header codec.
 
 interface Header {
   version: number;
@@ -222,41 +224,21 @@ interface Header {
 }
 
 function readHeader(bytes: Uint8Array): Header {
-  const v = viewOf(bytes);
-  expect(v.getUint32(0)).toBe(0x514649fb);
-  const version = v.getUint32(4);
-  const header: Header = {
-    version,
-    clusterBits: v.getUint32(20),
-    size: readU64(v, 24, 'size'),
-    l1Size: v.getUint32(36),
-    l1TableOffset: readU64(v, 40, 'l1_table_offset'),
-    refcountTableOffset: readU64(v, 48, 'refcount_table_offset'),
-    refcountTableClusters: v.getUint32(56),
-    nbSnapshots: v.getUint32(60),
-    snapshotsOffset: readU64(v, 64, 'snapshots_offset'),
-    extended: version >= 3 && (v.getUint32(76) & 0x10) !== 0,
-    refcountOrder: version >= 3 ? v.getUint32(96) : 4,
+  const { header, extensions } = decodeHeaderCluster(bytes);
+  const out: Header = {
+    ...header,
+    extended: (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n,
   };
-  // Header extensions: type, length, data padded to 8, until type 0.
-  let at = version >= 3 ? v.getUint32(100) : 72;
-  for (;;) {
-    const type = v.getUint32(at);
-    const length = v.getUint32(at + 4);
-    if (type === 0) break;
-    if (type === 0x23852875) {
-      header.bitmaps = {
-        count: v.getUint32(at + 8),
-        directorySize: readU64(v, at + 16, 'bitmap_directory_size'),
-        directoryOffset: readU64(v, at + 24, 'bitmap_directory_offset'),
-      };
-    }
-    at += 8 + Math.ceil(length / 8) * 8;
+  const bitmaps = findHeaderExtension(extensions, 'bitmaps');
+  if (bitmaps !== undefined) {
+    out.bitmaps = {
+      count: bitmaps.nbBitmaps,
+      directorySize: bitmaps.bitmapDirectorySize,
+      directoryOffset: bitmaps.bitmapDirectoryOffset,
+    };
   }
-  return header;
+  return out;
 }
-
-// ---------------------------------------------------------------------------------------------
 
 /** Byte-for-byte equality, fast on megabyte tables (toEqual walks typed arrays slowly). */
 function sameBytes(actual: Uint8Array, wanted: Uint8Array, what: string): void {

@@ -114,6 +114,17 @@ describe('snapshot table', () => {
     expect(snapshotEntrySize(entry!)).toBe(bytes.byteLength);
   });
 
+  it('keeps ids and names that are not UTF-8 byte for byte', () => {
+    const bytes = rawEntry({ id: [0xff, 0x31], name: [0x61, 0xc3] });
+    const [entry] = decodeSnapshotTable(bytes, 1);
+    expect(entry!.id).toBe('\ufffd1');
+    expect(entry!.idBytes).toEqual(Uint8Array.of(0xff, 0x31));
+    expect(entry!.name).toBe('a\ufffd');
+    expect(entry!.nameBytes).toEqual(Uint8Array.of(0x61, 0xc3));
+    expect(encodeSnapshotTable([entry!])).toEqual(bytes);
+    expect(decodeSnapshotTable(rawEntry({}), 1)[0]).not.toHaveProperty('nameBytes');
+  });
+
   it('keeps each known extra field only when extra_data_size covers all its bytes', () => {
     const twelve = rawEntry({ extra: [0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3, 4] });
     const [e] = decodeSnapshotTable(twelve, 1);
