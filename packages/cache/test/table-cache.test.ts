@@ -408,6 +408,33 @@ describe('flush dependencies', () => {
     expect(kinds(storage.log)).toEqual(['write-issue@0', 'write-done@0']);
   });
 
+  it('a dependency renewed while it is being flushed is flushed again', async () => {
+    const gate = new ManualGate();
+    const storage = storageWith(8);
+    const refcounts = createTableCache({ storage, capacity: 2 * E, entrySize: E });
+    const l2 = createTableCache({ storage, capacity: 2 * E, entrySize: E });
+    const r = await dirty(refcounts, 4 * E, 1);
+    await l2.setDependency(refcounts);
+    const x = await dirty(l2, 0, 1);
+    storage.gate = gate.gate;
+    storage.log.length = 0;
+    const wb = l2.writeBack(); // flushing refcounts: v1 of the block is on its way
+    await settle();
+    r.bytes[0] = 2; // a new allocation...
+    refcounts.markDirty(r);
+    await l2.setDependency(refcounts);
+    x.bytes[0] = 2; // ...referenced by the L2 table
+    l2.markDirty(x);
+    gate.open();
+    await wb;
+    const firstL2Write = storage.log.findIndex((e) => e.kind === 'write-issue' && e.offset === 0);
+    const block2 = storage.log.findIndex((e) => e.kind === 'write-issue' && e.offset === 4 * E && e.data[0] === 2);
+    const flushAfter = storage.log.findIndex((e, i) => e.kind === 'flush-done' && i > block2);
+    expect(block2).toBeGreaterThanOrEqual(0);
+    expect(flushAfter).toBeGreaterThan(block2);
+    expect(firstL2Write).toBeGreaterThan(flushAfter);
+  });
+
   it('an eviction of a dependent entry flushes the dependency first', async () => {
     const storage = storageWith(8);
     const refcounts = createTableCache({ storage, capacity: 2 * E, entrySize: E });
