@@ -120,6 +120,12 @@ function fixedTables(): [HuffmanTable, HuffmanTable] {
   return [fixedLitLen, fixedDist];
 }
 
+/** The 24 bits of `src` from bit `pos` on (LSB first); zeros past the end. */
+function word24(src: Uint8Array, pos: number): number {
+  const i = pos >>> 3;
+  return ((src[i]! | (src[i + 1]! << 8) | (src[i + 2]! << 16) | (src[i + 3]! << 24)) >>> (pos & 7)) & 0xffffff;
+}
+
 /**
  * Inflates the raw deflate stream at the start of `src` into `dst`, which must come out exactly
  * full. Returns the number of input bytes the stream occupied (whole bytes, the last one possibly
@@ -127,77 +133,41 @@ function fixedTables(): [HuffmanTable, HuffmanTable] {
  */
 export function inflateRawInto(src: Uint8Array, dst: Uint8Array, what = 'deflate stream'): number {
   const inLen = src.length;
+  const totalBits = inLen * 8;
   const outLen = dst.length;
-  let pos = 0; // next input byte
-  let bitBuf = 0; // pending bits, LSB first
-  let bitCnt = 0; // number of valid bits in bitBuf (may exceed the input when padded at the end)
-  let padded = 0; // zero bits appended past the end of the input
+  // The position in bits. Reads past the end see zeros (typed arrays give undefined → 0 in
+  // bitwise operations); every step checks `pos > totalBits` before trusting what it read.
+  let pos = 0;
   let out = 0;
 
-  const truncated = (): never => {
-    throw corrupt(`${what}: truncated after ${hex(inLen)} input bytes (${hex(out)} of ${hex(outLen)} bytes produced)`);
-  };
-
-  // Refill to at least `need` bits (need <= 24); past the end of input, pad with zeros and
-  // remember how many, so a code that uses them is reported as truncation.
-  const refill = (need: number): void => {
-    while (bitCnt < need) {
-      if (pos < inLen) {
-        bitBuf |= src[pos++]! << bitCnt;
-      } else {
-        padded += 8;
-      }
-      bitCnt += 8;
-    }
-  };
-  const consume = (n: number): void => {
-    if (n > bitCnt - padded) truncated();
-    bitBuf >>>= n;
-    bitCnt -= n;
-  };
-  const bitsOf = (n: number): number => {
-    refill(n);
-    const v = bitBuf & ((1 << n) - 1);
-    consume(n);
-    return v;
-  };
-  const decodeSymbol = (t: HuffmanTable): number => {
-    refill(t.bits);
-    const entry = t.table[bitBuf & ((1 << t.bits) - 1)]!;
-    const len = entry & 15;
-    if (len === 0) {
-      throw corrupt(`${what}: invalid Huffman code at input byte ${hex(Math.min(pos, inLen))}`);
-    }
-    consume(len);
-    return entry >>> 4;
-  };
+  const truncated = (): Error =>
+    corrupt(`${what}: truncated after ${hex(inLen)} input bytes (${hex(out)} of ${hex(outLen)} bytes produced)`);
+  const at = (): string => hex(Math.min(pos >>> 3, inLen));
 
   let final = 0;
   do {
-    final = bitsOf(1);
-    const type = bitsOf(2);
+    const head = word24(src, pos);
+    final = head & 1;
+    const type = (head >>> 1) & 3;
+    pos += 3;
+    if (pos > totalBits) throw truncated();
     if (type === 0) {
-      // Stored: skip to a byte boundary, then LEN and NLEN.
-      consume(bitCnt & 7);
-      // Give back whole buffered bytes so the stored data is read straight from src.
-      pos -= (bitCnt - padded) >>> 3;
-      bitBuf = 0;
-      bitCnt = 0;
-      padded = 0;
-      if (pos + 4 > inLen) truncated();
-      const len = src[pos]! | (src[pos + 1]! << 8);
-      const nlen = src[pos + 2]! | (src[pos + 3]! << 8);
+      // Stored: skip to a byte boundary, then LEN, NLEN and the bytes.
+      let p = (pos + 7) >>> 3;
+      if (p + 4 > inLen) throw truncated();
+      const len = src[p]! | (src[p + 1]! << 8);
+      const nlen = src[p + 2]! | (src[p + 3]! << 8);
       if ((len ^ 0xffff) !== nlen) {
-        throw corrupt(`${what}: stored block at input byte ${hex(pos)} has LEN ${hex(len)} and NLEN ${hex(nlen)} that do not match`);
+        throw corrupt(`${what}: stored block at input byte ${hex(p)} has LEN ${hex(len)} and NLEN ${hex(nlen)} that do not match`);
       }
-      pos += 4;
-      if (pos + len > inLen) truncated();
+      p += 4;
+      if (p + len > inLen) throw truncated();
       if (out + len > outLen) {
-        throw corrupt(`${what}: produces more than the ${hex(outLen)}-byte cluster (stored block at input byte ${hex(pos - 4)})`);
+        throw corrupt(`${what}: produces more than the ${hex(outLen)}-byte cluster (stored block at input byte ${hex(p - 4)})`);
       }
-      dst.set(src.subarray(pos, pos + len), out);
-      pos += len;
+      dst.set(src.subarray(p, p + len), out);
       out += len;
+      pos = (p + len) * 8;
       continue;
     }
     let lit: HuffmanTable;
@@ -205,99 +175,118 @@ export function inflateRawInto(src: Uint8Array, dst: Uint8Array, what = 'deflate
     if (type === 1) {
       [lit, dist] = fixedTables();
     } else if (type === 2) {
-      const hlit = bitsOf(5) + 257;
-      const hdist = bitsOf(5) + 1;
-      const hclen = bitsOf(4) + 4;
+      const h = word24(src, pos);
+      const hlit = (h & 31) + 257;
+      const hdist = ((h >>> 5) & 31) + 1;
+      const hclen = ((h >>> 10) & 15) + 4;
+      pos += 14;
       if (hlit > 286 || hdist > 30) {
         throw corrupt(`${what}: dynamic block declares ${hlit} literal/length and ${hdist} distance codes (at most 286 and 30)`);
       }
       lengths.fill(0, 0, 19);
-      for (let i = 0; i < hclen; i++) lengths[CODE_LENGTH_ORDER[i]!] = bitsOf(3);
+      for (let i = 0; i < hclen; i++) {
+        lengths[CODE_LENGTH_ORDER[i]!] = word24(src, pos) & 7;
+        pos += 3;
+      }
+      if (pos > totalBits) throw truncated();
       const codeLenError = buildTable(codeLenTable, lengths, 0, 19, false);
       if (codeLenError !== undefined) {
-        throw corrupt(`${what}: ${codeLenError} code length code at input byte ${hex(pos)}`);
+        throw corrupt(`${what}: ${codeLenError} code length code at input byte ${at()}`);
       }
+      const clTab = codeLenTable.table;
+      const clMask = (1 << codeLenTable.bits) - 1;
       const total = hlit + hdist;
       let i = 0;
       while (i < total) {
-        const sym = decodeSymbol(codeLenTable);
+        const w = word24(src, pos);
+        const entry = clTab[w & clMask]!;
+        const len = entry & 15;
+        if (len === 0) throw corrupt(`${what}: invalid code length code at input byte ${at()}`);
+        pos += len;
+        const sym = entry >>> 4;
         if (sym < 16) {
           lengths[i++] = sym;
-          continue;
-        }
-        let repeat: number;
-        let value = 0;
-        if (sym === 16) {
-          if (i === 0) throw corrupt(`${what}: code length repeat with no previous length at input byte ${hex(pos)}`);
-          value = lengths[i - 1]!;
-          repeat = 3 + bitsOf(2);
-        } else if (sym === 17) {
-          repeat = 3 + bitsOf(3);
         } else {
-          repeat = 11 + bitsOf(7);
+          let repeat: number;
+          let value = 0;
+          const extra = w >>> len;
+          if (sym === 16) {
+            if (i === 0) throw corrupt(`${what}: code length repeat with no previous length at input byte ${at()}`);
+            value = lengths[i - 1]!;
+            repeat = 3 + (extra & 3);
+            pos += 2;
+          } else if (sym === 17) {
+            repeat = 3 + (extra & 7);
+            pos += 3;
+          } else {
+            repeat = 11 + (extra & 127);
+            pos += 7;
+          }
+          if (i + repeat > total) {
+            throw corrupt(`${what}: code lengths overrun ${total} codes at input byte ${at()}`);
+          }
+          lengths.fill(value, i, i + repeat);
+          i += repeat;
         }
-        if (i + repeat > total) {
-          throw corrupt(`${what}: code lengths overrun ${total} codes at input byte ${hex(pos)}`);
-        }
-        lengths.fill(value, i, i + repeat);
-        i += repeat;
+        if (pos > totalBits) throw truncated();
       }
       if (lengths[256] === 0) {
-        throw corrupt(`${what}: dynamic block has no end-of-block code (input byte ${hex(pos)})`);
+        throw corrupt(`${what}: dynamic block has no end-of-block code (input byte ${at()})`);
       }
       const litError = buildTable(litLenTable, lengths, 0, hlit, true);
       if (litError !== undefined) {
-        throw corrupt(`${what}: ${litError} literal/length code at input byte ${hex(pos)}`);
+        throw corrupt(`${what}: ${litError} literal/length code at input byte ${at()}`);
       }
       const distError = buildTable(distTable, lengths, hlit, hdist, true);
       if (distError !== undefined) {
-        throw corrupt(`${what}: ${distError} distance code at input byte ${hex(pos)}`);
+        throw corrupt(`${what}: ${distError} distance code at input byte ${at()}`);
       }
       lit = litLenTable;
       dist = distTable;
     } else {
-      throw corrupt(`${what}: reserved block type 3 at input byte ${hex(Math.max(0, pos - 1))}`);
+      throw corrupt(`${what}: reserved block type 3 at input byte ${hex((pos - 3) >>> 3)}`);
     }
 
-    // The literal/length loop, with the bit buffer in locals for speed.
+    // The literal/length loop: one 24-bit read per symbol (a code plus its extra bits fit).
     const litTab = lit.table;
-    const litBits = lit.bits;
-    const litMask = (1 << litBits) - 1;
+    const litMask = (1 << lit.bits) - 1;
     const distTab = dist.table;
-    const distBits = dist.bits;
-    const distMask = (1 << distBits) - 1;
+    const distMask = (1 << dist.bits) - 1;
     for (;;) {
-      if (bitCnt < litBits) refill(litBits);
-      const entry = litTab[bitBuf & litMask]!;
+      let w = word24(src, pos);
+      const entry = litTab[w & litMask]!;
       const len = entry & 15;
-      if (len === 0) throw corrupt(`${what}: invalid literal/length code at input byte ${hex(Math.min(pos, inLen))}`);
-      if (len > bitCnt - padded) truncated();
-      bitBuf >>>= len;
-      bitCnt -= len;
+      if (len === 0) throw corrupt(`${what}: invalid literal/length code at input byte ${at()}`);
+      pos += len;
       const sym = entry >>> 4;
       if (sym < 256) {
+        if (pos > totalBits) throw truncated();
         if (out >= outLen) {
-          throw corrupt(`${what}: produces more than the ${hex(outLen)}-byte cluster (input byte ${hex(pos)})`);
+          throw corrupt(`${what}: produces more than the ${hex(outLen)}-byte cluster (input byte ${at()})`);
         }
         dst[out++] = sym;
         continue;
       }
-      if (sym === 256) break;
+      if (sym === 256) {
+        if (pos > totalBits) throw truncated();
+        break;
+      }
       const li = sym - 257;
-      if (li >= 29) throw corrupt(`${what}: invalid length symbol ${sym} at input byte ${hex(pos)}`);
+      if (li >= 29) throw corrupt(`${what}: invalid length symbol ${sym} at input byte ${at()}`);
       const lenExtra = LENGTH_EXTRA[li]!;
-      const length = LENGTH_BASE[li]! + (lenExtra === 0 ? 0 : bitsOf(lenExtra));
-      if (bitCnt < distBits) refill(distBits);
-      const dEntry = distTab[bitBuf & distMask]!;
+      const length = LENGTH_BASE[li]! + ((w >>> len) & ((1 << lenExtra) - 1));
+      pos += lenExtra;
+      w = word24(src, pos);
+      const dEntry = distTab[w & distMask]!;
       const dLen = dEntry & 15;
-      if (dLen === 0) throw corrupt(`${what}: invalid distance code at input byte ${hex(Math.min(pos, inLen))}`);
-      if (dLen > bitCnt - padded) truncated();
-      bitBuf >>>= dLen;
-      bitCnt -= dLen;
+      if (dLen === 0) throw corrupt(`${what}: invalid distance code at input byte ${at()}`);
+      pos += dLen;
       const dSym = dEntry >>> 4;
-      if (dSym >= 30) throw corrupt(`${what}: invalid distance symbol ${dSym} at input byte ${hex(pos)}`);
+      if (dSym >= 30) throw corrupt(`${what}: invalid distance symbol ${dSym} at input byte ${at()}`);
       const distExtra = DIST_EXTRA[dSym]!;
-      const distance = DIST_BASE[dSym]! + (distExtra === 0 ? 0 : bitsOf(distExtra));
+      const distance = DIST_BASE[dSym]! + (word24(src, pos) & ((1 << distExtra) - 1));
+      pos += distExtra;
+      if (pos > totalBits) throw truncated();
       if (distance > out) {
         throw corrupt(`${what}: distance ${distance} reaches before the start of the cluster (at output ${hex(out)})`);
       }
@@ -306,7 +295,11 @@ export function inflateRawInto(src: Uint8Array, dst: Uint8Array, what = 'deflate
       }
       let from = out - distance;
       if (distance >= length) {
-        dst.copyWithin(out, from, from + length);
+        if (length < 32) {
+          for (let k = 0; k < length; k++) dst[out + k] = dst[from + k]!;
+        } else {
+          dst.copyWithin(out, from, from + length);
+        }
         out += length;
       } else {
         const end = out + length;
@@ -318,6 +311,5 @@ export function inflateRawInto(src: Uint8Array, dst: Uint8Array, what = 'deflate
   if (out !== outLen) {
     throw corrupt(`${what}: ends after ${hex(out)} bytes, the cluster is ${hex(outLen)} bytes`);
   }
-  // Whole bytes consumed: bits still buffered from real input go back.
-  return pos - ((bitCnt - padded) >>> 3);
+  return (pos + 7) >>> 3;
 }
