@@ -1,0 +1,47 @@
+#!/usr/bin/env node
+import { createInterface } from 'node:readline';
+import { main } from './main.js';
+
+/** The `qcow2` binary: main() over process.argv and the standard streams. */
+
+function fatal(error: unknown): void {
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`qcow2: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
+  process.exit(1);
+}
+
+process.on('uncaughtException', fatal);
+process.on('unhandledRejection', fatal);
+// A closed pipe (`qcow2 map big.qcow2 | head`) ends the output quietly, as for C tools.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(0);
+  fatal(error);
+});
+
+async function stdinLines(): Promise<string[]> {
+  const lines: string[] = [];
+  for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) lines.push(line);
+  return lines;
+}
+
+let pending = '';
+const flush = (): void => {
+  if (pending !== '') {
+    process.stdout.write(pending);
+    pending = '';
+  }
+};
+
+const code = await main(process.argv.slice(2), {
+  stdout: (text) => {
+    pending += text;
+    if (pending.length >= 1 << 16 || text.endsWith('\r')) flush();
+  },
+  stderr: (text) => {
+    flush();
+    process.stderr.write(text);
+  },
+  stdinLines,
+});
+flush();
+process.exitCode = code;

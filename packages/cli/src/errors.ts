@@ -1,0 +1,79 @@
+import { isQcow2Error } from '@qcow2/format';
+
+/**
+ * A failure the command has already put into qemu's words: `main` prints `qcow2: <message>`
+ * (and, with `usage`, qemu-img's "Try 'qcow2 --help'" line) and exits with `exitCode`.
+ */
+export class CliError extends Error {
+  override readonly name = 'CliError' as const;
+  readonly exitCode: number;
+  readonly usage: boolean;
+
+  constructor(message: string, options: { exitCode?: number; usage?: boolean; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.exitCode = options.exitCode ?? 1;
+    this.usage = options.usage ?? false;
+  }
+}
+
+export function isCliError(value: unknown): value is CliError {
+  return value instanceof CliError;
+}
+
+/** glibc's strerror text for the errno codes node:fs reports. */
+const STRERROR: Readonly<Record<string, string>> = {
+  EPERM: 'Operation not permitted',
+  ENOENT: 'No such file or directory',
+  EIO: 'Input/output error',
+  ENXIO: 'No such device or address',
+  EBADF: 'Bad file descriptor',
+  EAGAIN: 'Resource temporarily unavailable',
+  ENOMEM: 'Cannot allocate memory',
+  EACCES: 'Permission denied',
+  EBUSY: 'Device or resource busy',
+  EEXIST: 'File exists',
+  ENOTDIR: 'Not a directory',
+  EISDIR: 'Is a directory',
+  EINVAL: 'Invalid argument',
+  EMFILE: 'Too many open files',
+  EFBIG: 'File too large',
+  ENOSPC: 'No space left on device',
+  EROFS: 'Read-only file system',
+  ERANGE: 'Numerical result out of range',
+  ENAMETOOLONG: 'File name too long',
+  ELOOP: 'Too many levels of symbolic links',
+  ENOTSUP: 'Operation not supported',
+  EOPNOTSUPP: 'Operation not supported',
+};
+
+export function strerror(code: string): string {
+  return STRERROR[code] ?? code;
+}
+
+/** The errno code (`'ENOENT'`) of an error or of the first error in its `cause` chain. */
+export function errnoOf(error: unknown): string | undefined {
+  let current: unknown = error;
+  for (let depth = 0; depth < 8 && typeof current === 'object' && current !== null; depth += 1) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string' && /^E[A-Z0-9]+$/.test(code)) return code;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/** One line describing anything thrown: never a stack trace. */
+export function describeError(error: unknown): string {
+  if (isCliError(error) || isQcow2Error(error)) return oneLine(error.message);
+  if (error instanceof Error) return oneLine(error.message || error.name);
+  return oneLine(String(error));
+}
+
+/** For a failure of the host file itself: glibc's text when there is an errno, else the message. */
+export function describeFileError(error: unknown): string {
+  const code = errnoOf(error);
+  return code !== undefined ? strerror(code) : describeError(error);
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, ' ').trim();
+}

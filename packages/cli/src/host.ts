@@ -1,0 +1,76 @@
+/**
+ * What the commands need from the world, as interfaces: images (the subset of @qcow2/engine's
+ * `Image` the commands read), host file facts, and an output file for `convert`. `main` uses the
+ * Node implementation (node-host.ts) unless the caller passes another, which is how the tests
+ * drive the commands over in-memory images.
+ */
+
+export type ImageFormat = 'qcow2' | 'raw';
+
+/** @qcow2/engine's ExtentKind. */
+export type ExtentKind = 'data' | 'zero' | 'unallocated';
+
+/** @qcow2/engine's Extent. */
+export interface ImageExtent {
+  offset: number;
+  length: number;
+  kind: ExtentKind;
+  depth: number;
+  hostOffset?: number;
+  compressed?: boolean;
+  filename?: string;
+}
+
+/** @qcow2/engine's SnapshotInfo. */
+export interface ImageSnapshot {
+  id: string;
+  name: string;
+  vmStateSize: number;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: number;
+  diskSize: number;
+  icount?: number;
+}
+
+/** The part of @qcow2/engine's `Image` the commands use. */
+export interface ImageLike {
+  readonly format: ImageFormat;
+  readonly virtualSize: number;
+  readonly clusterSize?: number | undefined;
+  readonly backingFile?: string | undefined;
+  readonly backingFormat?: string | undefined;
+  readonly backing?: ImageLike | undefined;
+  readonly snapshots: readonly ImageSnapshot[];
+  readonly formatSpecific?: Record<string, unknown> | undefined;
+  readonly dirty: boolean;
+  read(dst: Uint8Array, offset: number): Promise<void>;
+  extents(offset: number, length: number): Promise<ImageExtent[]>;
+  openSnapshot(idOrName: string): Promise<ImageLike>;
+  close(): Promise<void>;
+}
+
+export interface HostOpenOptions {
+  /** Forced format; probed when absent. */
+  format?: ImageFormat;
+  /** Open the backing chain (default true). `qemu-img info` opens each file alone. */
+  backing?: boolean;
+}
+
+/** A file `convert` writes. */
+export interface OutputFile {
+  write(src: Uint8Array, offset: number): Promise<void>;
+  size(): Promise<number>;
+  truncate(size: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface CliHost {
+  /** Opens an image read-only; rejects with what went wrong (a Qcow2Error, usually). */
+  openImage(filename: string, options: HostOpenOptions): Promise<ImageLike>;
+  /** Bytes the host file occupies (st_blocks × 512, as qemu's "disk size"); undefined when unknown. */
+  allocatedSize(filename: string): Promise<number | undefined>;
+  /** Creates (truncating) or, with `create: false`, opens an existing file for writing. */
+  openOutput(filename: string, options: { create: boolean }): Promise<OutputFile>;
+}
