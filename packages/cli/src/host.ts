@@ -71,6 +71,6 @@ export interface CliHost {
   openImage(filename: string, options: HostOpenOptions): Promise<ImageLike>;
   /** Bytes the host file occupies (st_blocks × 512, as qemu's "disk size"); undefined when unknown. */
   allocatedSize(filename: string): Promise<number | undefined>;
-  /** Creates (truncating) or, with `create: false`, opens an existing file for writing. */
+  /** Creates (truncating) or, with `create: false`, opens an existing file for writing; rejects with the file system's error. */
   openOutput(filename: string, options: { create: boolean }): Promise<OutputFile>;
 }

@@ -21,6 +21,8 @@ export interface LayerInfo {
   virtualSize: number;
   /** The external data file's name, path-combined, when the layer has one. */
   dataFile?: string;
+  /** data-file-raw: guest offset = host offset, even where nothing is allocated. */
+  dataFileRaw?: boolean;
 }
 
 export function chainLayers(top: ImageLike, topName: string): LayerInfo[] {
@@ -30,6 +32,7 @@ export function chainLayers(top: ImageLike, topName: string): LayerInfo[] {
     const layer: LayerInfo = { name, virtualSize: image.virtualSize };
     const dataFile = image.formatSpecific?.['data-file'];
     if (typeof dataFile === 'string') layer.dataFile = pathCombine(name, dataFile);
+    if (image.formatSpecific?.['data-file-raw'] === true) layer.dataFileRaw = true;
     layers.push(layer);
     if (image.backingFile === undefined) break;
     name = pathCombine(name, image.backingFile);
@@ -41,7 +44,8 @@ export function chainLayers(top: ImageLike, topName: string): LayerInfo[] {
  * The MapEntry runs qemu's get_block_status would report for the engine's extents: a run
  * allocated nowhere in the chain reports the depth where qemu's walk down the chain stops (the
  * bottom layer, or the first layer whose backing file is shorter than the offset), and is split
- * where that changes.
+ * where that changes. In an image with a raw external data file such a run still has a host
+ * offset (the guest offset), as qemu reports it.
  */
 export function mapEntriesFromExtents(extents: readonly ImageExtent[], layers: readonly LayerInfo[]): MapEntry[] {
   const entries: MapEntry[] = [];
@@ -59,7 +63,14 @@ export function mapEntriesFromExtents(extents: readonly ImageExtent[], layers: r
           const size = (layers[d] as LayerInfo).virtualSize;
           if (size > start && size < stop) stop = size;
         }
-        entries.push({ start, length: stop - start, depth, present: false, zero: true, data: false });
+        const entry: MapEntry = { start, length: stop - start, depth, present: false, zero: true, data: false };
+        const layer = layers[depth];
+        if (layer?.dataFileRaw === true && layer.dataFile !== undefined) {
+          // qcow2 reports the raw data file's matching offset for unallocated clusters too.
+          entry.offset = start;
+          entry.filename = layer.dataFile;
+        }
+        entries.push(entry);
         start = stop;
       }
       continue;

@@ -71,13 +71,8 @@ export function createNodeHost(): CliHost {
       }
     },
 
-    async openOutput(filename: string, options: { create: boolean }): Promise<OutputFile> {
-      try {
-        return await createNodeStorage(filename, options.create ? { create: true, truncate: true } : {});
-      } catch (error) {
-        const verb = options.create ? 'create' : 'open';
-        throw new CliError(`Could not ${verb} '${filename}': ${describeFileError(error)}`, { cause: error });
-      }
+    openOutput(filename: string, options: { create: boolean }): Promise<OutputFile> {
+      return createNodeStorage(filename, options.create ? { create: true, truncate: true } : {});
     },
   };
 }

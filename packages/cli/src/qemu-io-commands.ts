@@ -5,8 +5,8 @@ import { strtosz } from './strtosz.js';
 
 /**
  * The read side of qemu-io's command language (qemu-io-cmds.c, qemu 7.2): read, readv, length,
- * map, alloc, help, quit — same arguments, same output, same failures. Write commands come
- * with write support; until then they are "not found", as in a qemu-io built without them.
+ * map, alloc, help, quit — same arguments, same output, same failures. The image is open
+ * read-only: write, writev, aio_write, discard and truncate fail as under `qemu-io -r`.
  */
 
 /** BDRV_REQUEST_MAX_BYTES. */
@@ -494,6 +494,42 @@ const helpCommand: IoCommand = {
   },
 };
 
+/**
+ * qemu-io's write-side commands: the image is open read-only (as qemu-io -r), so after the
+ * argument count check they fail like qemu-io -r does. They are not listed by `help`.
+ */
+const READ_ONLY_FAILURES: readonly (readonly [string, number, number])[] = [
+  ['aio_write', 2, -1],
+  ['discard', 2, -1],
+  ['truncate', 1, 3],
+  ['write', 2, -1],
+  ['writev', 2, -1],
+];
+
+function readOnlyCommand(name: string, argmin: number, argmax: number): IoCommand {
+  return {
+    name,
+    oneline: '',
+    argmin,
+    argmax,
+    async run(session) {
+      session.err('qcow2: Block node is read-only\n');
+      return false;
+    },
+  };
+}
+
+/** `flush` and `aio_flush` have nothing to do on a read-only image. */
+function noopCommand(name: string): IoCommand {
+  return { name, oneline: '', argmin: 0, argmax: 0, run: async () => true };
+}
+
+const HIDDEN: readonly IoCommand[] = [
+  ...READ_ONLY_FAILURES.map(([name, min, max]) => readOnlyCommand(name, min, max)),
+  noopCommand('flush'),
+  noopCommand('aio_flush'),
+];
+
 /** Sorted by name, as qemu-io's table. */
 const COMMANDS: readonly IoCommand[] = [
   allocCommand,
@@ -510,7 +546,7 @@ function helpOneline(name: string, cmd: IoCommand): string {
 }
 
 function findCommand(name: string): IoCommand | undefined {
-  return COMMANDS.find((c) => c.name === name || c.altname === name);
+  return COMMANDS.find((c) => c.name === name || c.altname === name) ?? HIDDEN.find((c) => c.name === name);
 }
 
 /** qemu-io's breakline: split on single spaces, empty words dropped (no quoting). */

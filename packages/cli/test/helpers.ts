@@ -56,10 +56,12 @@ export class FakeImage implements ImageLike {
   readonly #extents: ImageExtent[];
   readonly #views: Record<string, ImageLike>;
 
-  constructor(bytes: Uint8Array, options: FakeImageOptions = {}) {
-    this.#bytes = bytes;
+  /** `bytes`, or a size for an image that reads as zeros without holding them. */
+  constructor(content: Uint8Array | number, options: FakeImageOptions = {}) {
+    const bytes = typeof content === 'number' ? undefined : content;
+    this.#bytes = bytes ?? new Uint8Array(0);
     this.format = options.format ?? 'raw';
-    this.virtualSize = bytes.length;
+    this.virtualSize = bytes?.length ?? (content as number);
     this.clusterSize = options.clusterSize;
     this.backingFile = options.backingFile;
     this.backingFormat = options.backingFormat;
@@ -68,7 +70,8 @@ export class FakeImage implements ImageLike {
     this.formatSpecific = options.formatSpecific;
     this.dirty = options.dirty ?? false;
     this.#extents =
-      options.extents ?? (bytes.length === 0 ? [] : [{ offset: 0, length: bytes.length, kind: 'data', depth: 0, hostOffset: 0 }]);
+      options.extents ??
+      (this.virtualSize === 0 ? [] : [{ offset: 0, length: this.virtualSize, kind: 'data', depth: 0, hostOffset: 0 }]);
     this.#views = options.snapshotViews ?? {};
   }
 
@@ -76,7 +79,8 @@ export class FakeImage implements ImageLike {
     if (offset < 0 || offset + dst.length > this.virtualSize) {
       throw new Qcow2Error('INVALID_ARGUMENT', `read of ${dst.length} bytes at ${offset} past the end`);
     }
-    dst.set(this.#bytes.subarray(offset, offset + dst.length));
+    dst.fill(0);
+    if (offset < this.#bytes.length) dst.set(this.#bytes.subarray(offset, Math.min(offset + dst.length, this.#bytes.length)));
   }
 
   async extents(offset: number, length: number): Promise<ImageExtent[]> {

@@ -1,11 +1,11 @@
 import type { Context } from '../context.js';
-import { CliError, describeError } from '../errors.js';
+import { CliError, describeError, describeFileError } from '../errors.js';
 import { getopt } from '../getopt.js';
 import type { ImageLike, OutputFile } from '../host.js';
 import { checkCacheMode, cvtnum, isQemuDriver } from '../options.js';
 import { Progress } from '../progress.js';
 import { findSnapshot, parseSnapshotParam } from '../snapshot-param.js';
-import { checkGetopt, usageError } from '../usage.js';
+import { checkGetopt } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
 
 const SECTOR = 512;
@@ -115,7 +115,7 @@ export async function convertCommand(ctx: Context, argv: readonly string[]): Pro
   }
   if (options.quiet) options.progress = false;
   const files = parsed.operands;
-  if (files.length < 2) throw usageError('Must specify image file name');
+  if (files.length < 2) throw new CliError('Must specify image file name');
   const sources = files.slice(0, -1);
   const target = files[files.length - 1] as string;
 
@@ -190,7 +190,11 @@ async function copyToRaw(
     new CliError(`${target}: error while converting raw: ${describeError(error)}`, { cause: error });
   let output: OutputFile;
   if (options.noCreate) {
-    output = await ctx.host.openOutput(target, { create: false });
+    try {
+      output = await ctx.host.openOutput(target, { create: false });
+    } catch (error) {
+      throw new CliError(`Could not open '${target}': ${describeFileError(error)}`, { cause: error });
+    }
     if ((await output.size()) < total) {
       await output.close();
       throw new CliError('output file is smaller than input file');
@@ -199,7 +203,7 @@ async function copyToRaw(
     try {
       output = await ctx.host.openOutput(target, { create: true });
     } catch (error) {
-      throw targetError(error);
+      throw targetError(new CliError(`Could not create '${target}': ${describeFileError(error)}`, { cause: error }));
     }
   }
   const zeroInit = !options.noCreate;
