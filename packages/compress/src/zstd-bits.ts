@@ -60,3 +60,24 @@ export class BackwardBitReader {
     return v;
   }
 }
+
+/**
+ * The `n` (0..31) bits of a backward stream starting at byte `start` whose lowest bit is at bit
+ * position `low` (which may be negative: bits below 0 read as zero). A plain function over
+ * integers, for the hot loops that keep their position in a local.
+ */
+export function backwardBits(src: Uint8Array, start: number, low: number, n: number): number {
+  if (n > 24) {
+    return backwardBits(src, start, low + 24, n - 24) * 0x100_0000 + backwardBits(src, start, low, 24);
+  }
+  if (low >= 0) {
+    const i = start + (low >>> 3);
+    // Bytes past the end of src read as undefined, which bitwise operators treat as 0.
+    return ((src[i]! | (src[i + 1]! << 8) | (src[i + 2]! << 16) | (src[i + 3]! << 24)) >>> (low & 7)) & ((1 << n) - 1);
+  }
+  const have = low + n;
+  if (have <= 0) return 0;
+  const i = start;
+  const word = src[i]! | (src[i + 1]! << 8) | (src[i + 2]! << 16) | (src[i + 3]! << 24);
+  return ((word & ((1 << have) - 1)) << (n - have)) >>> 0;
+}

@@ -1,5 +1,5 @@
 import { corrupt, hex } from '@qcow2/format';
-import { BackwardBitReader } from './zstd-bits.js';
+import { backwardBits, BackwardBitReader } from './zstd-bits.js';
 import {
   decodeZstdBlockHeader,
   decodeZstdFrameHeader,
@@ -34,6 +34,8 @@ const ML_BITS = new Uint8Array([
   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1,
   2, 2, 3, 3, 4, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
 ]);
+/** 2^code: the offset value before its extra bits. */
+const OF_BASE = Uint32Array.from({ length: 32 }, (_, code) => 2 ** code);
 const MAX_LL_SYMBOL = 35;
 const MAX_ML_SYMBOL = 52;
 const MAX_OF_SYMBOL = 31;
@@ -256,20 +258,38 @@ function decodeCompressedBlock(
   [table, p] = sequenceTable((modes >>> 2) & 3, state.ml, state.mlOwn, preML, src, p, end, 9, MAX_ML_SYMBOL, 'match length', what);
   const ml = (state.ml = table);
 
-  // --- Sequences bitstream ---
-  const bits = sequenceBits.reset(src, p, end, what);
-  let llState = bits.read(ll.accuracyLog);
-  let ofState = bits.read(of.accuracyLog);
-  let mlState = bits.read(ml.accuracyLog);
+  // --- Sequences bitstream (position kept in a local: this is the hot loop) ---
+  const bitsStart = p;
+  let pos = sequenceBits.reset(src, p, end, what).position;
+  pos -= ll.accuracyLog;
+  let llState = backwardBits(src, bitsStart, pos, ll.accuracyLog);
+  pos -= of.accuracyLog;
+  let ofState = backwardBits(src, bitsStart, pos, of.accuracyLog);
+  pos -= ml.accuracyLog;
+  let mlState = backwardBits(src, bitsStart, pos, ml.accuracyLog);
   const rep = state.rep;
   const outLen = dst.length;
+  const llSym = ll.symbol;
+  const llNb = ll.nbBits;
+  const llBase = ll.baseline;
+  const ofSym = of.symbol;
+  const ofNb = of.nbBits;
+  const ofBase = of.baseline;
+  const mlSym = ml.symbol;
+  const mlNb = ml.nbBits;
+  const mlBase = ml.baseline;
   for (let i = 0; i < nbSeq; i++) {
-    const llCode = ll.symbol[llState]!;
-    const ofCode = of.symbol[ofState]!;
-    const mlCode = ml.symbol[mlState]!;
-    const offsetValue = 2 ** ofCode + bits.read(ofCode);
-    const matchLength = ML_BASE[mlCode]! + bits.read(ML_BITS[mlCode]!);
-    const literalLength = LL_BASE[llCode]! + bits.read(LL_BITS[llCode]!);
+    const llCode = llSym[llState]!;
+    const ofCode = ofSym[ofState]!;
+    const mlCode = mlSym[mlState]!;
+    pos -= ofCode;
+    const offsetValue = OF_BASE[ofCode]! + backwardBits(src, bitsStart, pos, ofCode);
+    const mlBits = ML_BITS[mlCode]!;
+    pos -= mlBits;
+    const matchLength = ML_BASE[mlCode]! + (mlBits === 0 ? 0 : backwardBits(src, bitsStart, pos, mlBits));
+    const llBits = LL_BITS[llCode]!;
+    pos -= llBits;
+    const literalLength = LL_BASE[llCode]! + (llBits === 0 ? 0 : backwardBits(src, bitsStart, pos, llBits));
     let offset: number;
     if (offsetValue > 3) {
       offset = offsetValue - 3;
@@ -288,11 +308,17 @@ function decodeCompressedBlock(
       }
     }
     if (i + 1 < nbSeq) {
-      llState = ll.baseline[llState]! + bits.read(ll.nbBits[llState]!);
-      mlState = ml.baseline[mlState]! + bits.read(ml.nbBits[mlState]!);
-      ofState = of.baseline[ofState]! + bits.read(of.nbBits[ofState]!);
+      let n = llNb[llState]!;
+      pos -= n;
+      llState = llBase[llState]! + backwardBits(src, bitsStart, pos, n);
+      n = mlNb[mlState]!;
+      pos -= n;
+      mlState = mlBase[mlState]! + backwardBits(src, bitsStart, pos, n);
+      n = ofNb[ofState]!;
+      pos -= n;
+      ofState = ofBase[ofState]! + backwardBits(src, bitsStart, pos, n);
     }
-    if (bits.position < 0) {
+    if (pos < 0) {
       throw corrupt(`${what}: sequences bitstream at offset ${hex(p)} is too short for ${nbSeq} sequences (at sequence ${i})`);
     }
     // Execute: literals, then the match.
@@ -311,7 +337,7 @@ function decodeCompressedBlock(
       throw corrupt(`${what}: sequence ${i} in block at offset ${hex(start)} has offset ${offset}, reaching before the start of the cluster (at output ${hex(out)})`);
     }
     let from = out - offset;
-    if (offset >= matchLength) {
+    if (offset >= matchLength && matchLength >= 32) {
       dst.copyWithin(out, from, from + matchLength);
       out += matchLength;
     } else {
@@ -319,8 +345,8 @@ function decodeCompressedBlock(
       while (out < stop) dst[out++] = dst[from++]!;
     }
   }
-  if (bits.position !== 0) {
-    throw corrupt(`${what}: sequences bitstream at offset ${hex(p)} has ${bits.position} unused bits after ${nbSeq} sequences`);
+  if (pos !== 0) {
+    throw corrupt(`${what}: sequences bitstream at offset ${hex(p)} has ${pos} unused bits after ${nbSeq} sequences`);
   }
   const rest = litEnd - litPos;
   if (out + rest > outLen) throw overflow(what, outLen, start);

@@ -1,5 +1,5 @@
 import { corrupt, hex } from '@qcow2/format';
-import { BackwardBitReader } from './zstd-bits.js';
+import { backwardBits, BackwardBitReader } from './zstd-bits.js';
 import { FseTable, readFseTable } from './zstd-fse.js';
 
 /**
@@ -145,17 +145,17 @@ function decodeStream(
   to: number,
   what: string,
 ): void {
-  const r = streamBits.reset(src, start, end, what);
+  let position = streamBits.reset(src, start, end, what).position;
   const maxBits = table.maxBits;
   const sym = table.symbol;
   const nb = table.nbBits;
   for (let i = from; i < to; i++) {
-    const idx = r.peek(maxBits);
+    const idx = backwardBits(src, start, position - maxBits, maxBits);
     out[i] = sym[idx]!;
-    r.position -= nb[idx]!;
+    position -= nb[idx]!;
   }
-  if (r.position !== 0) {
-    throw corrupt(`${what}: Huffman stream at offset ${hex(start)} ${r.position < 0 ? 'is too short' : 'has unused bits'} for ${to - from} literals`);
+  if (position !== 0) {
+    throw corrupt(`${what}: Huffman stream at offset ${hex(start)} ${position < 0 ? 'is too short' : 'has unused bits'} for ${to - from} literals`);
   }
 }
 
