@@ -326,7 +326,7 @@ function decodeCompressedBlock(
       throw corrupt(`${what}: sequence ${i} in block at offset ${hex(start)} uses more literals than the ${litSize} decoded`);
     }
     if (out + literalLength + matchLength > outLen) throw overflow(what, outLen, start);
-    if (literalLength < 16) {
+    if (literalLength < 64) {
       for (let k = 0; k < literalLength; k++) dst[out + k] = litSrc[litPos + k]!;
     } else {
       dst.set(litSrc.subarray(litPos, litPos + literalLength), out);
@@ -337,7 +337,7 @@ function decodeCompressedBlock(
       throw corrupt(`${what}: sequence ${i} in block at offset ${hex(start)} has offset ${offset}, reaching before the start of the cluster (at output ${hex(out)})`);
     }
     let from = out - offset;
-    if (offset >= matchLength && matchLength >= 32) {
+    if (offset >= matchLength && matchLength >= 64) {
       dst.copyWithin(out, from, from + matchLength);
       out += matchLength;
     } else {

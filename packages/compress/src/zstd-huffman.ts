@@ -149,7 +149,18 @@ function decodeStream(
   const maxBits = table.maxBits;
   const sym = table.symbol;
   const nb = table.nbBits;
-  for (let i = from; i < to; i++) {
+  const mask = (1 << maxBits) - 1;
+  let i = from;
+  // Fast path while a whole code's bits lie inside the stream: 3 bytes cover 7 + 11 bits.
+  for (; i < to; i++) {
+    const low = position - maxBits;
+    if (low < 0) break;
+    const b = start + (low >>> 3);
+    const idx = ((src[b]! | (src[b + 1]! << 8) | (src[b + 2]! << 16)) >>> (low & 7)) & mask;
+    out[i] = sym[idx]!;
+    position -= nb[idx]!;
+  }
+  for (; i < to; i++) {
     const idx = backwardBits(src, start, position - maxBits, maxBits);
     out[i] = sym[idx]!;
     position -= nb[idx]!;
