@@ -1,0 +1,33 @@
+import { hex, invalidArgument, type Qcow2Error } from '@qcow2/format';
+
+/** A settled rejection: the public read functions reject (never throw) on bad arguments. */
+export function rejected(error: Qcow2Error): Promise<never> {
+  return Promise.reject(error);
+}
+
+function isOffset(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+/**
+ * Why a guest range is refused (offset and length integers ≥ 0, the range within the virtual
+ * size), or undefined when it is fine. `what` names the image and the operation.
+ */
+export function rangeProblem(what: string, offset: unknown, length: unknown, virtualSize: number): Qcow2Error | undefined {
+  if (!isOffset(offset)) return invalidArgument(`${what}: offset ${String(offset)} is not an integer ≥ 0`);
+  if (!isOffset(length)) return invalidArgument(`${what} at ${hex(offset)}: length ${String(length)} is not an integer ≥ 0`);
+  if (offset + length > virtualSize) {
+    return invalidArgument(
+      `${what}: ${length} bytes at ${hex(offset)} end past the virtual size ${virtualSize} (${hex(virtualSize)})`,
+    );
+  }
+  return undefined;
+}
+
+/** Why `dst` is not a Uint8Array, or undefined. */
+export function bufferProblem(what: string, dst: unknown): Qcow2Error | undefined {
+  if (!ArrayBuffer.isView(dst) || Object.prototype.toString.call(dst) !== '[object Uint8Array]') {
+    return invalidArgument(`${what}: expected a Uint8Array, got ${dst === null ? 'null' : typeof dst}`);
+  }
+  return undefined;
+}

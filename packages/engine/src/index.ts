@@ -1,0 +1,11 @@
+export { openImage, DEFAULT_MAX_BACKING_DEPTH } from './open-image.js';
+export { probeFormat } from './probe-format.js';
+export type {
+  Extent,
+  ExtentKind,
+  Image,
+  ImageFormat,
+  ImageStats,
+  OpenOptions,
+  SnapshotInfo,
+} from './types.js';

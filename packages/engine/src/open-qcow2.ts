@@ -1,0 +1,287 @@
+import { createTableCache, resolveCacheConfig, type CacheConfigOptions, type TableCache } from '@qcow2/cache';
+import { createClusterMap, loadL1Table, readFully } from '@qcow2/cluster';
+import { getCodec, type ClusterCodec } from '@qcow2/compress';
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  COMPAT_LAZY_REFCOUNTS,
+  COMPRESSION_TYPE_ZSTD,
+  corrupt,
+  CRYPT_AES,
+  CRYPT_NONE,
+  decodeBitmapDirectory,
+  decodeHeaderCluster,
+  findHeaderExtension,
+  hex,
+  HEADER_CLUSTER_SIZE_PROBE,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTENDED_L2,
+  isQcow2Error,
+  L1_ENTRY_SIZE,
+  MAX_L1_ENTRIES,
+  MAX_L1_SIZE_BYTES,
+  Qcow2Error,
+  readClusterSize,
+  snapshotVmStateSize,
+  unsupported,
+  type HeaderExtension,
+  type Qcow2Header,
+} from '@qcow2/format';
+import type { Storage } from '@qcow2/storage';
+import { combineName } from './backing-name.js';
+import { Qcow2Image, type Qcow2Parts } from './qcow2-image.js';
+import { readSnapshotTable, type StoredSnapshot } from './snapshot-table.js';
+import type { Image, OpenOptions, SnapshotInfo } from './types.js';
+
+/** Opens the backing file an image names; undefined when the chain is not to be opened. */
+export type BackingOpener = (name: string, format: string | undefined) => Promise<Image | undefined>;
+
+const TWO_POW_32 = 0x1_0000_0000;
+
+/**
+ * Opens a qcow2 image read-only, deciding as qemu's qcow2_do_open decides: the header cluster
+ * (magic, version, cluster size, header length, feature bits named from the image's feature
+ * table, compression type, refcount order, table offsets, sizes and alignment, L1 large enough,
+ * extensions, backing file name), then no encryption, then the L1 table, the snapshot table,
+ * the bitmap directory, the external data file and the backing file. Tables are read through
+ * the storage with their sizes checked first; bytes past the end of the file read as zeros, as
+ * qemu reads them.
+ */
+export async function openQcow2(storage: Storage, options: OpenOptions, openBacking: BackingOpener): Promise<Image> {
+  const name = options.name;
+  const what = `qcow2 image${name === undefined ? '' : ` ${name}`}`;
+
+  const probe = new Uint8Array(HEADER_CLUSTER_SIZE_PROBE);
+  await readFully(storage, probe, 0);
+  const clusterSize = readClusterSize(probe);
+  const first = new Uint8Array(clusterSize);
+  await readFully(storage, first, 0);
+  const { header, extensions, backingFileName } = decodeHeaderCluster(first);
+  if (header.cryptMethod !== CRYPT_NONE) {
+    throw unsupported(
+      `${what}: encrypted images are not supported (crypt_method ${header.cryptMethod}, ${header.cryptMethod === CRYPT_AES ? 'AES' : 'LUKS'})`,
+    );
+  }
+  const extendedL2 = (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n;
+  const hasDataFile = (header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+  // qemu's total_sectors = size / 512, rounding down.
+  const virtualSize = header.size - (header.size % 512);
+
+  const cacheOptions: CacheConfigOptions = { clusterSize, virtualSize, extendedL2, ...cacheSettings(options) };
+  const config = resolveCacheConfig(cacheOptions);
+  const fileSize = await storage.size();
+  const l1 = await loadL1Table(storage, header.l1TableOffset, header.l1Size);
+  const stored = await readSnapshotTable(storage, header.snapshotsOffset, header.nbSnapshots);
+  const bitmaps = await readBitmaps(storage, header, extensions);
+
+  const owned: (Storage | Image)[] = [];
+  let l2Cache: TableCache | undefined;
+  try {
+    let data = storage;
+    let dataName = name;
+    let dataSize = fileSize;
+    const dataFileName = findHeaderExtension(extensions, 'data-file')?.name;
+    if (hasDataFile) {
+      if (dataFileName === undefined) {
+        throw unsupported(`${what}: the image keeps its data in an external data file but does not name it ('data-file' is required for this image)`);
+      }
+      if (options.resolver === undefined) {
+        throw new Qcow2Error('NOT_FOUND', `${what}: external data file '${dataFileName}': no resolver to open it`);
+      }
+      try {
+        data = await options.resolver(dataFileName, name);
+      } catch (error) {
+        throw prefixed(`${what}: external data file '${dataFileName}'`, error);
+      }
+      owned.push(data);
+      dataName = combineName(name, dataFileName);
+      dataSize = await data.size();
+    }
+
+    let backing: Image | undefined;
+    const backingFormat = findHeaderExtension(extensions, 'backing-format')?.name;
+    if (backingFileName !== undefined) {
+      backing = await openBacking(backingFileName, backingFormat);
+      if (backing !== undefined) owned.push(backing);
+    }
+
+    l2Cache = createTableCache({
+      storage,
+      capacity: config.l2CacheSize,
+      entrySize: config.l2CacheEntrySize,
+      cleanInterval: config.cacheCleanInterval,
+      name: `${what}: L2 table`,
+    });
+    const map = createClusterMap({
+      clusterBits: header.clusterBits,
+      extendedL2,
+      version: header.version,
+      l1,
+      l2Cache,
+      externalDataFile: hasDataFile,
+      strict: options.strict === true,
+      imageFileSize: fileSize,
+      dataFileSize: dataSize,
+    });
+
+    let codec: ClusterCodec | undefined;
+    const cache = l2Cache;
+    const snapshots = stored.map((s) => snapshotInfo(s, virtualSize));
+    const state = { closed: false };
+    const parts: Qcow2Parts = {
+      name,
+      storage,
+      data,
+      dataName,
+      dataSize,
+      l2Cache: cache,
+      codec: () => (codec ??= getCodec(header.compressionType)),
+      virtualSize,
+      clusterSize,
+      backingFile: backingFileName,
+      backingFormat,
+      backing,
+      snapshots,
+      formatSpecific: formatSpecific(header, bitmaps, dataFileName),
+      dirty: (header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
+      state,
+      openSnapshot: async (idOrName) => {
+        const index = findSnapshot(snapshots, idOrName);
+        if (index < 0) throw new Qcow2Error('NOT_FOUND', `${what}: no snapshot with id or name ${JSON.stringify(idOrName)}`);
+        const sn = stored[index]!;
+        const l1Offset = snapshotL1Offset(sn, clusterSize, what);
+        const snapshotL1 = await loadL1Table(storage, l1Offset, sn.l1Size);
+        return new Qcow2Image(parts, map.withL1(snapshotL1), false);
+      },
+      release: async () => {
+        cache.dispose();
+        await closeAll(owned);
+      },
+    };
+    return new Qcow2Image(parts, map, true);
+  } catch (error) {
+    l2Cache?.dispose();
+    await closeAll(owned);
+    throw error;
+  }
+}
+
+/** The cache options a caller set (exactOptionalPropertyTypes: only those). */
+function cacheSettings(options: OpenOptions): Partial<CacheConfigOptions> {
+  const out: { -readonly [K in keyof CacheConfigOptions]?: CacheConfigOptions[K] } = {};
+  if (options.l2CacheSize !== undefined) out.l2CacheSize = options.l2CacheSize;
+  if (options.refcountCacheSize !== undefined) out.refcountCacheSize = options.refcountCacheSize;
+  if (options.l2CacheEntrySize !== undefined) out.l2CacheEntrySize = options.l2CacheEntrySize;
+  if (options.cacheCleanInterval !== undefined) out.cacheCleanInterval = options.cacheCleanInterval;
+  return out;
+}
+
+/** Closes backing images and storages opened for an image, newest first; keeps the first error. */
+export async function closeAll(owned: (Storage | Image)[]): Promise<void> {
+  let first: unknown;
+  for (const item of owned.reverse()) {
+    try {
+      await item.close();
+    } catch (error) {
+      first ??= error;
+    }
+  }
+  owned.length = 0;
+  if (first !== undefined) throw first;
+}
+
+/** `error` with `prefix: ` before its message, its code kept (a non-Qcow2Error becomes IO). */
+export function prefixed(prefix: string, error: unknown): Qcow2Error {
+  if (isQcow2Error(error)) return new Qcow2Error(error.code, `${prefix}: ${error.message}`, { cause: error });
+  return new Qcow2Error('IO', `${prefix}: ${String(error)}`, { cause: error });
+}
+
+/** The persistent bitmaps qemu would load (when the autoclear bit says they are valid). */
+async function readBitmaps(
+  storage: Storage,
+  header: Qcow2Header,
+  extensions: readonly HeaderExtension[],
+): Promise<{ name: string; granularity: number; flags: string[] }[] | undefined> {
+  const ext = findHeaderExtension(extensions, 'bitmaps');
+  if (ext === undefined || (header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return undefined;
+  if (ext.bitmapDirectorySize === 0) {
+    throw corrupt(`bitmap directory at ${hex(ext.bitmapDirectoryOffset)}: its size is 0`);
+  }
+  // The size was checked against qemu's limit (1024 × 65535 bytes) with the extension.
+  const bytes = new Uint8Array(ext.bitmapDirectorySize);
+  await readFully(storage, bytes, ext.bitmapDirectoryOffset);
+  const entries = decodeBitmapDirectory(bytes, ext.nbBitmaps, {
+    clusterBits: header.clusterBits,
+    tableOffset: ext.bitmapDirectoryOffset,
+  });
+  return entries.map((e) => {
+    const flags: string[] = [];
+    if (e.inUse) flags.push('in-use');
+    if (e.auto) flags.push('auto');
+    return { flags, name: e.name, granularity: 2 ** e.granularityBits };
+  });
+}
+
+/** qemu-img info's format-specific data, in the order qemu prints it. */
+function formatSpecific(
+  header: Qcow2Header,
+  bitmaps: { name: string; granularity: number; flags: string[] }[] | undefined,
+  dataFileName: string | undefined,
+): Record<string, unknown> {
+  const compressionType = header.compressionType === COMPRESSION_TYPE_ZSTD ? 'zstd' : 'zlib';
+  const refcountBits = 2 ** header.refcountOrder;
+  if (header.version === 2) return { compat: '0.10', 'compression-type': compressionType, 'refcount-bits': refcountBits };
+  const out: Record<string, unknown> = {
+    compat: '1.1',
+    'compression-type': compressionType,
+    'lazy-refcounts': (header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n,
+  };
+  if (bitmaps !== undefined && bitmaps.length > 0) out['bitmaps'] = bitmaps;
+  out['refcount-bits'] = refcountBits;
+  const hasDataFile = (header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+  if (dataFileName !== undefined) out['data-file'] = dataFileName;
+  if (hasDataFile) out['data-file-raw'] = (header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+  out['corrupt'] = (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+  out['extended-l2'] = (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n;
+  return out;
+}
+
+function snapshotInfo(s: StoredSnapshot, virtualSize: number): SnapshotInfo {
+  const e = s.entry;
+  const info: SnapshotInfo = {
+    id: e.id,
+    name: e.name,
+    vmStateSize: snapshotVmStateSize(e),
+    dateSec: e.dateSec,
+    dateNsec: e.dateNsec,
+    vmClockNsec: Number(e.vmClockNsec),
+    // qemu: the disk size from the extra data, else the image's current size.
+    diskSize: e.diskSize ?? virtualSize,
+  };
+  if (e.icount !== undefined && e.icount !== 0xffff_ffff_ffff_ffffn) info.icount = Number(e.icount);
+  return info;
+}
+
+/** qemu's find_snapshot_by_id_or_name: by id first, then by name. */
+function findSnapshot(snapshots: readonly SnapshotInfo[], idOrName: string): number {
+  const byId = snapshots.findIndex((s) => s.id === idOrName);
+  return byId >= 0 ? byId : snapshots.findIndex((s) => s.name === idOrName);
+}
+
+/** A snapshot's L1 table location, checked as qemu's qcow2_snapshot_load_tmp checks it. */
+function snapshotL1Offset(sn: StoredSnapshot, clusterSize: number, what: string): number {
+  const where = `${what}: snapshot ${JSON.stringify(sn.entry.id)} L1 table`;
+  if (sn.l1Size > MAX_L1_ENTRIES) {
+    throw corrupt(`${where}: l1_size ${sn.l1Size} exceeds qemu's ${MAX_L1_SIZE_BYTES}-byte limit (snapshot L1 table too large)`);
+  }
+  if (sn.l1OffsetHi > 0x1f_ffff) {
+    throw corrupt(`${where}: offset 0x${sn.l1OffsetHi.toString(16)}${sn.l1OffsetLo.toString(16).padStart(8, '0')} is invalid (exceeds 2^53)`);
+  }
+  const offset = sn.l1OffsetHi * TWO_POW_32 + sn.l1OffsetLo;
+  if (offset % clusterSize !== 0 || offset + sn.l1Size * L1_ENTRY_SIZE > Number.MAX_SAFE_INTEGER) {
+    throw corrupt(`${where}: offset ${hex(offset)} is invalid (not cluster-aligned)`);
+  }
+  return offset;
+}

@@ -1,0 +1,331 @@
+import type { TableCache } from '@qcow2/cache';
+import { createRun, readFully, type ClusterMap, type MappingRun } from '@qcow2/cluster';
+import type { ClusterCodec } from '@qcow2/compress';
+import { corrupt, hex, isQcow2Error, Qcow2Error } from '@qcow2/format';
+import type { Storage } from '@qcow2/storage';
+import { bufferProblem, rangeProblem, rejected } from './arguments.js';
+import { ExtentList } from './extent-list.js';
+import type { Extent, Image, ImageStats, SnapshotInfo } from './types.js';
+
+/** What a qcow2 image view reads through; shared by the image and its snapshot views. */
+export interface Qcow2Parts {
+  /** Name of the image (for messages and extents), as given to openImage. */
+  name: string | undefined;
+  storage: Storage;
+  /** The data file: `storage`, or the external data file. */
+  data: Storage;
+  /** Name of the file holding data clusters (the external data file's, or the image's). */
+  dataName: string | undefined;
+  /** Size of the data file at open: reads that end within it need no zero-fill check. */
+  dataSize: number;
+  l2Cache: TableCache;
+  codec: () => ClusterCodec;
+  virtualSize: number;
+  clusterSize: number;
+  backingFile: string | undefined;
+  backingFormat: string | undefined;
+  backing: Image | undefined;
+  snapshots: readonly SnapshotInfo[];
+  formatSpecific: Record<string, unknown>;
+  dirty: boolean;
+  /** Opens a snapshot view (the root image knows the snapshot table). */
+  openSnapshot: (idOrName: string) => Promise<Image>;
+  /** Releases what the root image owns (backing chain, data file, cache). */
+  release: () => Promise<void>;
+  /** Shared between the root image and its views: reads fail once the root is closed. */
+  state: { closed: boolean };
+}
+
+const ignore = (): void => undefined;
+const RESOLVED: Promise<void> = Promise.resolve();
+/** Decompressed-cluster buffers kept for reuse. */
+const POOL_LIMIT = 4;
+
+/**
+ * A read-only qcow2 image (or a view of one of its internal snapshots): guest reads through the
+ * cluster map, backing chain, compressed clusters, external data file.
+ *
+ * The read path: when the L2 slice is cached and the request maps to one run (the common case
+ * for sequential reads of allocated clusters), `read` issues one storage read straight into the
+ * caller's buffer, without an async function, a per-request run, or any buffer allocation.
+ * Otherwise it walks the runs, coalescing host-contiguous data runs into single storage reads.
+ */
+export class Qcow2Image implements Image {
+  readonly format = 'qcow2' as const;
+  readonly readOnly = true;
+  readonly virtualSize: number;
+  readonly clusterSize: number;
+  readonly backingFile?: string;
+  readonly backingFormat?: string;
+  readonly backing?: Image;
+  readonly snapshots: readonly SnapshotInfo[];
+  readonly formatSpecific: Record<string, unknown>;
+  readonly dirty: boolean;
+  readonly #parts: Qcow2Parts;
+  readonly #map: ClusterMap;
+  /** True for the image openImage returned (owns the chain); false for snapshot views. */
+  readonly #root: boolean;
+  #viewClosed = false;
+  /** The fast path's run: filled and read synchronously, never held across an await. */
+  readonly #run: MappingRun = createRun();
+  readonly #what: string;
+  #scratch: Uint8Array[] = [];
+  #clusters: Uint8Array[] = [];
+  #lastCompressedHost = -1;
+  #lastCluster: Uint8Array | undefined;
+  #decompressions = 0;
+  #decompressedHits = 0;
+
+  constructor(parts: Qcow2Parts, map: ClusterMap, root: boolean) {
+    this.#parts = parts;
+    this.#map = map;
+    this.#root = root;
+    this.virtualSize = parts.virtualSize;
+    this.clusterSize = parts.clusterSize;
+    if (parts.backingFile !== undefined) this.backingFile = parts.backingFile;
+    if (parts.backingFormat !== undefined) this.backingFormat = parts.backingFormat;
+    if (parts.backing !== undefined) this.backing = parts.backing;
+    this.snapshots = root ? parts.snapshots : [];
+    this.formatSpecific = parts.formatSpecific;
+    this.dirty = parts.dirty;
+    this.#what = `qcow2 image${parts.name === undefined ? '' : ` ${parts.name}`}`;
+  }
+
+  read(dst: Uint8Array, offset: number): Promise<void> {
+    const closed = this.#closedError('read');
+    if (closed !== undefined) return rejected(closed);
+    const bad = bufferProblem(`${this.#what}: read`, dst) ?? rangeProblem(`${this.#what}: read`, offset, dst?.length, this.virtualSize);
+    if (bad !== undefined) return rejected(bad);
+    const length = dst.length;
+    if (length === 0) return RESOLVED;
+    const run = this.#run;
+    if (this.#map.lookupCached(offset, length, run) && run.length === length) {
+      switch (run.kind) {
+        case 'data':
+          if (run.hostOffset + length <= this.#parts.dataSize) {
+            return this.#parts.data.read(dst, run.hostOffset).then(ignore);
+          }
+          return readFully(this.#parts.data, dst, run.hostOffset);
+        case 'zero':
+          dst.fill(0);
+          return RESOLVED;
+        case 'unallocated': {
+          const backing = this.#parts.backing;
+          if (backing === undefined) {
+            dst.fill(0);
+            return RESOLVED;
+          }
+          if (offset + length <= backing.virtualSize) return backing.read(dst, offset);
+          break;
+        }
+        default:
+          break;
+      }
+    }
+    return this.#readRuns(dst, offset);
+  }
+
+  async readBytes(offset: number, length: number): Promise<Uint8Array> {
+    const bad = rangeProblem(`${this.#what}: readBytes`, offset, length, this.virtualSize);
+    if (bad !== undefined) throw bad;
+    const out = new Uint8Array(length);
+    await this.read(out, offset);
+    return out;
+  }
+
+  /** The general read: every run, data runs coalesced while host-contiguous. */
+  async #readRuns(dst: Uint8Array, offset: number): Promise<void> {
+    const map = this.#map;
+    const run = createRun();
+    const length = dst.length;
+    let pendingHost = -1;
+    let pendingStart = 0;
+    let pendingLength = 0;
+    let pos = 0;
+    while (pos < length) {
+      const at = offset + pos;
+      if (!map.lookupCached(at, length - pos, run)) await map.lookup(at, length - pos, run);
+      if (!(run.length > 0)) throw corrupt(`${this.#what}: empty mapping at guest offset ${hex(at)}`);
+      if (run.kind === 'data') {
+        if (pendingLength > 0 && pendingHost + pendingLength === run.hostOffset) {
+          pendingLength += run.length;
+        } else {
+          if (pendingLength > 0) await this.#readData(dst, pendingStart, pendingLength, pendingHost);
+          pendingHost = run.hostOffset;
+          pendingStart = pos;
+          pendingLength = run.length;
+        }
+      } else {
+        if (pendingLength > 0) {
+          await this.#readData(dst, pendingStart, pendingLength, pendingHost);
+          pendingLength = 0;
+        }
+        if (run.kind === 'zero') dst.fill(0, pos, pos + run.length);
+        else if (run.kind === 'unallocated') await this.#readBacking(dst.subarray(pos, pos + run.length), at);
+        else await this.#readCompressed(dst, pos, run);
+      }
+      pos += run.length;
+    }
+    if (pendingLength > 0) await this.#readData(dst, pendingStart, pendingLength, pendingHost);
+  }
+
+  #readData(dst: Uint8Array, start: number, length: number, host: number): Promise<void> {
+    const view = start === 0 && length === dst.length ? dst : dst.subarray(start, start + length);
+    return readFully(this.#parts.data, view, host);
+  }
+
+  /** Unallocated here: the backing file's bytes (zeros past its end), or zeros without one. */
+  async #readBacking(view: Uint8Array, offset: number): Promise<void> {
+    const backing = this.#parts.backing;
+    const available = backing === undefined ? 0 : Math.max(0, Math.min(view.length, backing.virtualSize - offset));
+    if (available > 0) await backing!.read(available === view.length ? view : view.subarray(0, available), offset);
+    if (available < view.length) view.fill(0, available);
+  }
+
+  async #readCompressed(dst: Uint8Array, pos: number, run: MappingRun): Promise<void> {
+    const clusterSize = this.clusterSize;
+    const inCluster = run.offset % clusterSize;
+    const host = run.hostOffset;
+    if (host === this.#lastCompressedHost && this.#lastCluster !== undefined) {
+      this.#decompressedHits++;
+      dst.set(this.#lastCluster.subarray(inCluster, inCluster + run.length), pos);
+      return;
+    }
+    const compressedLength = run.compressedLength;
+    const length = run.length;
+    const guest = run.offset - inCluster;
+    const scratch = this.#scratch.pop() ?? new Uint8Array(2 * clusterSize);
+    const cluster = this.#clusters.pop() ?? new Uint8Array(clusterSize);
+    try {
+      const src = scratch.subarray(0, compressedLength);
+      await readFully(this.#parts.storage, src, host);
+      try {
+        this.#parts.codec().decompress(src, cluster);
+      } catch (error) {
+        const message = isQcow2Error(error) ? error.message : String(error);
+        throw new Qcow2Error(
+          'CORRUPT',
+          `${this.#what}: compressed cluster for guest offset ${hex(guest)} at ${hex(host)} (${compressedLength} bytes): ${message}`,
+          { cause: error },
+        );
+      }
+      this.#decompressions++;
+      dst.set(cluster.subarray(inCluster, inCluster + length), pos);
+      // Keep it: sequential small reads of a compressed cluster decompress it once.
+      const previous = this.#lastCluster;
+      this.#lastCluster = cluster;
+      this.#lastCompressedHost = host;
+      if (previous !== undefined && this.#clusters.length < POOL_LIMIT) this.#clusters.push(previous);
+    } catch (error) {
+      if (this.#clusters.length < POOL_LIMIT) this.#clusters.push(cluster);
+      throw error;
+    } finally {
+      if (this.#scratch.length < POOL_LIMIT) this.#scratch.push(scratch);
+    }
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    const closed = this.#closedError('extents');
+    if (closed !== undefined) throw closed;
+    const bad = rangeProblem(`${this.#what}: extents`, offset, length, this.virtualSize);
+    if (bad !== undefined) throw bad;
+    const list = new ExtentList();
+    await this.collectExtents(offset, length, 0, list);
+    return list.extents;
+  }
+
+  /** Appends the extents of [offset, offset + length) at `depth` (this image's depth in a chain). */
+  async collectExtents(offset: number, length: number, depth: number, list: ExtentList): Promise<void> {
+    const parts = this.#parts;
+    for (const run of await this.#map.runs(offset, length)) {
+      const name = parts.name;
+      switch (run.kind) {
+        case 'data':
+          list.push({ offset: run.offset, length: run.length, kind: 'data', depth, hostOffset: run.hostOffset }, parts.dataName);
+          break;
+        case 'compressed':
+          list.push({ offset: run.offset, length: run.length, kind: 'data', depth, compressed: true }, name);
+          break;
+        case 'zero':
+          list.push(
+            run.hostOffset >= 0
+              ? { offset: run.offset, length: run.length, kind: 'zero', depth, hostOffset: run.hostOffset }
+              : { offset: run.offset, length: run.length, kind: 'zero', depth },
+            run.hostOffset >= 0 ? parts.dataName : name,
+          );
+          break;
+        default: {
+          const backing = parts.backing;
+          const inBacking = backing === undefined ? 0 : Math.max(0, Math.min(run.length, backing.virtualSize - run.offset));
+          if (inBacking > 0) await collectFrom(backing!, run.offset, inBacking, depth + 1, list);
+          if (inBacking < run.length) {
+            // Nothing here, and no backing file (or one shorter than this): qemu stops at this depth.
+            const start = run.offset + inBacking;
+            const rest = run.length - inBacking;
+            const host = backing === undefined && run.hostOffset >= 0 ? run.hostOffset + inBacking : -1;
+            list.push(
+              host >= 0
+                ? { offset: start, length: rest, kind: 'unallocated', depth, hostOffset: host }
+                : { offset: start, length: rest, kind: 'unallocated', depth },
+              host >= 0 ? parts.dataName : name,
+            );
+          }
+        }
+      }
+    }
+  }
+
+  openSnapshot(idOrName: string): Promise<Image> {
+    const closed = this.#closedError('openSnapshot');
+    if (closed !== undefined) return rejected(closed);
+    return this.#parts.openSnapshot(idOrName);
+  }
+
+  stats(): ImageStats {
+    const s = this.#parts.l2Cache.stats();
+    return {
+      l2Hits: s.hits,
+      l2Misses: s.misses,
+      l2Reads: s.reads,
+      l2Evictions: s.evictions,
+      l2Entries: s.entries,
+      l2BytesInUse: s.bytesInUse,
+      l2Capacity: s.capacity,
+      decompressions: this.#decompressions,
+      decompressedHits: this.#decompressedHits,
+    };
+  }
+
+  async close(): Promise<void> {
+    if (!this.#root) {
+      this.#viewClosed = true;
+      return;
+    }
+    if (this.#parts.state.closed) return;
+    this.#parts.state.closed = true;
+    this.#scratch = [];
+    this.#clusters = [];
+    this.#lastCluster = undefined;
+    await this.#parts.release();
+  }
+
+  #closedError(operation: string): Qcow2Error | undefined {
+    if (this.#parts.state.closed || this.#viewClosed) {
+      return new Qcow2Error('CLOSED', `${this.#what}: ${operation} after close`);
+    }
+    return undefined;
+  }
+}
+
+/** Extents of a backing image, at `depth`: through its own walk when it is one of ours. */
+export async function collectFrom(image: Image, offset: number, length: number, depth: number, list: ExtentList): Promise<void> {
+  const own = image as Partial<Pick<Qcow2Image, 'collectExtents'>>;
+  if (typeof own.collectExtents === 'function') {
+    await own.collectExtents(offset, length, depth, list);
+    return;
+  }
+  for (const e of await image.extents(offset, length)) {
+    const { filename, ...rest } = e;
+    list.push({ ...rest, depth: depth + e.depth }, filename);
+  }
+}

@@ -1,0 +1,82 @@
+import { readFully } from '@qcow2/cluster';
+import {
+  alignUp,
+  corrupt,
+  decodeSnapshotEntry,
+  hex,
+  MAX_SNAPSHOT_EXTRA_DATA,
+  MAX_SNAPSHOTS,
+  MAX_SNAPSHOTS_SIZE_BYTES,
+  SNAPSHOT_HEADER_SIZE,
+  unsupported,
+  type SnapshotEntry,
+} from '@qcow2/format';
+import type { Storage } from '@qcow2/storage';
+
+/** A snapshot table entry as read, with its L1 table location kept as stored (checked on use). */
+export interface StoredSnapshot {
+  entry: SnapshotEntry;
+  /** l1_table_offset as stored: the high and low 32 bits. */
+  l1OffsetHi: number;
+  l1OffsetLo: number;
+  /** l1_size as stored. */
+  l1Size: number;
+}
+
+/** Bytes read at a time while walking the table. */
+const CHUNK = 64 * 1024;
+
+/**
+ * Reads the snapshot table as qemu's qcow2_read_snapshots does: `count` entries from
+ * `offset`, each at an 8-byte boundary; extra data over 1024 bytes refused; the table refused
+ * past 64 MiB; bytes past the end of the file read as zeros. Each entry's L1 table offset and
+ * size are kept as stored and only checked when the snapshot is opened (as qemu checks them in
+ * qcow2_snapshot_load_tmp), so that an image with one damaged snapshot entry still opens.
+ * Memory grows with the table actually read, never with a size field before it is checked.
+ */
+export async function readSnapshotTable(storage: Storage, offset: number, count: number): Promise<StoredSnapshot[]> {
+  if (count > MAX_SNAPSHOTS) {
+    throw corrupt(`snapshot table at ${hex(offset)}: ${count} snapshots exceed qemu's limit of ${MAX_SNAPSHOTS}`);
+  }
+  const out: StoredSnapshot[] = [];
+  if (count === 0) return out;
+  let buffer = new Uint8Array(0);
+  let bufferStart = offset;
+  /** Makes sure [at, at + length) of the file is in `buffer` and returns its index there. */
+  const ensure = async (at: number, length: number): Promise<number> => {
+    if (at >= bufferStart && at + length <= bufferStart + buffer.length) return at - bufferStart;
+    const size = Math.max(length, CHUNK);
+    buffer = new Uint8Array(size);
+    bufferStart = at;
+    await readFully(storage, buffer, at);
+    return 0;
+  };
+  let at = offset;
+  for (let i = 0; i < count; i++) {
+    at = alignUp(at, 8);
+    let p = await ensure(at, SNAPSHOT_HEADER_SIZE);
+    const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+    const extra = view.getUint32(p + 36);
+    if (extra > MAX_SNAPSHOT_EXTRA_DATA) {
+      throw unsupported(
+        `snapshot table entry ${i} at ${hex(at)}: extra_data_size ${extra} exceeds qemu's limit of ${MAX_SNAPSHOT_EXTRA_DATA} bytes (too much extra metadata)`,
+      );
+    }
+    const length = SNAPSHOT_HEADER_SIZE + extra + view.getUint16(p + 12) + view.getUint16(p + 14);
+    if (at + length - offset > MAX_SNAPSHOTS_SIZE_BYTES) {
+      throw corrupt(`snapshot table at ${hex(offset)}: entries up to ${i} exceed qemu's ${MAX_SNAPSHOTS_SIZE_BYTES}-byte limit (snapshot table is too big)`);
+    }
+    p = await ensure(at, length);
+    const raw = new DataView(buffer.buffer, buffer.byteOffset + p, length);
+    const l1OffsetHi = raw.getUint32(0);
+    const l1OffsetLo = raw.getUint32(4);
+    const l1Size = raw.getUint32(8);
+    // Decode a copy whose L1 fields are zeroed: their checks belong to opening the snapshot.
+    const copy = buffer.slice(p, p + length);
+    copy.fill(0, 0, 12);
+    const { entry } = decodeSnapshotEntry(copy, 0, { tableOffset: at });
+    out.push({ entry, l1OffsetHi, l1OffsetLo, l1Size });
+    at += length;
+  }
+  return out;
+}
