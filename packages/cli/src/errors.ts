@@ -64,8 +64,9 @@ export function errnoOf(error: unknown): string | undefined {
 /** One line describing anything thrown: never a stack trace. */
 export function describeError(error: unknown): string {
   if (isCliError(error) || isQcow2Error(error)) return oneLine(error.message);
-  if (error instanceof Error) return oneLine(error.message || error.name);
-  return oneLine(String(error));
+  // Anything else is a bug or a runtime failure: its first line only, never a stack.
+  if (error instanceof Error) return oneLine((error.message || error.name).split('\n')[0] ?? '');
+  return oneLine(String(error).split('\n')[0] ?? '');
 }
 
 /** For a failure of the host file itself: glibc's text when there is an errno, else the message. */

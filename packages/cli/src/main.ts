@@ -1,4 +1,4 @@
-import packageJson from '../package.json' with { type: 'json' };
+import { version as packageVersion } from '../package.json';
 import { benchCommand } from './commands/bench.js';
 import { compareCommand } from './commands/compare.js';
 import { convertCommand } from './commands/convert.js';
@@ -12,7 +12,7 @@ import { helpText, versionText } from './help-text.js';
 import { createNodeHost } from './node-host.js';
 import { usageError, checkGetopt } from './usage.js';
 
-const VERSION: string = packageJson.version;
+const VERSION: string = packageVersion;
 
 type Command = (ctx: Context, argv: readonly string[]) => Promise<number>;
 

@@ -97,6 +97,13 @@ export class FakeImage implements ImageLike {
     return out;
   }
 
+  /** All the bytes, for assertions. */
+  readSync(): Uint8Array {
+    const out = new Uint8Array(this.virtualSize);
+    out.set(this.#bytes.subarray(0, this.virtualSize));
+    return out;
+  }
+
   async openSnapshot(idOrName: string): Promise<ImageLike> {
     const view = this.#views[idOrName];
     if (view === undefined) throw new Qcow2Error('NOT_FOUND', `snapshot ${idOrName} not found`);
