@@ -32,7 +32,8 @@ export async function openFile(path: string, options: OpenOptions = {}): Promise
 
 /** The whole guest content, read in `chunk`-byte requests (default 1 MiB; not aligned to anything in particular). */
 export async function readAll(image: Image, chunk = 1 << 20): Promise<Uint8Array> {
-  const out = new Uint8Array(image.virtualSize);
+  // Poisoned, so that a byte the read does not write shows.
+  const out = new Uint8Array(image.virtualSize).fill(0xa5);
   for (let at = 0; at < out.length; at += chunk) {
     await image.read(out.subarray(at, Math.min(out.length, at + chunk)), at);
   }
@@ -46,23 +47,27 @@ export function qemuRaw(dir: string, path: string, extra: string[] = []): Uint8A
   return new Uint8Array(readFileSync(out));
 }
 
-/** The first differing offset of two arrays, or -1 (and -2 for a length mismatch). */
+/** `image.read` into a poisoned buffer (a byte the read leaves alone shows as 0xa5). */
+export async function readPoisoned(image: Image, offset: number, length: number): Promise<Uint8Array> {
+  const out = new Uint8Array(length).fill(0xa5);
+  await image.read(out, offset);
+  return out;
+}
+
+/** Every data extent has a host offset or is compressed, never both. */
+export function checkExtentShape(extents: readonly Extent[]): void {
+  for (const e of extents) {
+    if (e.kind === 'data' && (e.hostOffset === undefined) !== (e.compressed === true)) {
+      throw new Error(`data extent with ${e.compressed === true ? 'both a host offset and' : 'neither a host offset nor'} compression: ${JSON.stringify(e)}`);
+    }
+  }
+}
+
+/** The first differing offset of two arrays, or -1 when equal (-2 for a length mismatch). */
 export function firstDifference(a: Uint8Array, b: Uint8Array): number {
   if (a.length !== b.length) return -2;
-  const n = a.length;
-  // Compare 8 bytes at a time where possible.
-  if (a.byteOffset % 8 === 0 && b.byteOffset % 8 === 0) {
-    const a64 = new BigUint64Array(a.buffer, a.byteOffset, n >>> 3);
-    const b64 = new BigUint64Array(b.buffer, b.byteOffset, n >>> 3);
-    for (let i = 0; i < a64.length; i++) {
-      if (a64[i] !== b64[i]) {
-        for (let j = i * 8; j < i * 8 + 8; j++) if (a[j] !== b[j]) return j;
-      }
-    }
-    for (let j = a64.length * 8; j < n; j++) if (a[j] !== b[j]) return j;
-    return -1;
-  }
-  for (let j = 0; j < n; j++) if (a[j] !== b[j]) return j;
+  if (Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length))) return -1;
+  for (let j = 0; j < a.length; j++) if (a[j] !== b[j]) return j;
   return -1;
 }
 
