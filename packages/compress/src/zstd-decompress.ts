@@ -8,11 +8,12 @@ import {
 } from './zstd-frame.js';
 import { FseTable, predefinedFseTables, readFseTable } from './zstd-fse.js';
 import { decodeHuffmanLiterals, HuffmanTable, readHuffmanTable } from './zstd-huffman.js';
+import { xxh64Low32 } from './xxh64.js';
 
 /**
  * A Zstandard (RFC 8878) single-frame decoder that writes into a fixed buffer and must fill it
  * exactly: what qemu's zstd path does with a compressed cluster, but strict about a frame that
- * produces more. No dictionaries (qcow2 has none). Every table and scratch buffer has a fixed
+ * produces more. No dictionaries (qcow2 has none); a content checksum, when present, is verified. Every table and scratch buffer has a fixed
  * size; nothing is allocated from the frame's fields, and trailing bytes after the frame are
  * ignored.
  */
@@ -117,14 +118,20 @@ export function zstdDecompressInto(src: Uint8Array, dst: Uint8Array, what = 'zst
     }
     if (block.last) break;
   }
-  if (header.hasChecksum) {
-    if (at + 4 > src.length) {
-      throw corrupt(`${what}: truncated: content checksum at offset ${hex(at)} needs 4 bytes`);
-    }
-    at += 4;
+  if (header.hasChecksum && at + 4 > src.length) {
+    throw corrupt(`${what}: truncated: content checksum at offset ${hex(at)} needs 4 bytes`);
   }
   if (out !== outLen) {
     throw corrupt(`${what}: frame ends after ${hex(out)} bytes, the cluster is ${hex(outLen)} bytes`);
+  }
+  if (header.hasChecksum) {
+    // libzstd (and so qemu) verifies a checksum when the frame has one; qemu never writes one.
+    const stored = (src[at]! | (src[at + 1]! << 8) | (src[at + 2]! << 16) | (src[at + 3]! << 24)) >>> 0;
+    const actual = xxh64Low32(dst);
+    if (stored !== actual) {
+      throw corrupt(`${what}: content checksum ${hex(stored)} at offset ${hex(at)} does not match the data (${hex(actual)})`);
+    }
+    at += 4;
   }
   return at;
 }

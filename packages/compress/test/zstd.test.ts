@@ -98,13 +98,17 @@ describe('zstd codec: round trips', () => {
     );
   });
 
-  test('a frame with a content checksum decodes (the checksum is skipped)', () => {
-    // Hand-made: single-segment, 1-byte content size, checksum flag; one raw block.
-    const payload = [1, 2, 3, 4, 5, 6, 7, 8];
-    const frame = Uint8Array.of(...le32(0xfd2fb528), 0x24, 8, ...blockHeader(true, 0, 8), ...payload, 0xde, 0xad, 0xbe, 0xef);
+  test('a frame with a content checksum (written by the zstd CLI) decodes, and a wrong one is refused', () => {
+    // `printf '\1\2\3\4\5\6\7\10' | zstd --check -c`: one raw block of 8 bytes, XXH64 low 32 bits.
+    const frame = Uint8Array.from(Buffer.from('28b52ffd04584100000102030405060708146e6429', 'hex'));
     const dst = new Uint8Array(8);
     expect(zstdDecompressInto(frame, dst)).toBe(frame.length);
-    expect(Array.from(dst)).toEqual(payload);
+    expect(Array.from(dst)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    const flipped = frame.slice();
+    flipped[12] ^= 1; // a data byte
+    expect(corruptMessage(() => zstdDecompressInto(flipped, new Uint8Array(8)))).toMatch(
+      /content checksum 0x29646e14 at offset 0x11 does not match/,
+    );
   });
 });
 
