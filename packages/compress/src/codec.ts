@@ -25,7 +25,8 @@ export interface ClusterCodec {
    * Decompresses the stream at the start of `src` into `dst`, which it fills exactly. Bytes of
    * `src` after the end of the stream are ignored. Throws a Qcow2Error `CORRUPT` naming what
    * failed when the stream is truncated, malformed, or produces fewer or more than
-   * `dst.length` bytes. Allocates nothing sized by the stream's own fields.
+   * `dst.length` bytes. Allocates nothing sized by the stream's own fields. After a throw,
+   * `dst` holds whatever was decoded before the fault.
    */
   decompress(src: Uint8Array, dst: Uint8Array): void;
   /**

@@ -57,6 +57,21 @@ describe('the universal entry', () => {
     expect([...seen].some((f) => f.includes('node'))).toBe(false);
   });
 
+  test('Node resolves the package name to the node:zlib fast path (import and require)', () => {
+    if (!existsSync(join(__dirname, '../dist/node.js'))) return; // needs the build, as above
+    const cwd = join(__dirname, '..');
+    const esm = execFileSync(
+      process.execPath,
+      ['--input-type=module', '-e', "const m = await import('@qcow2/compress'); console.log(m.getCodec(0).implementation)"],
+      { cwd, encoding: 'utf8' },
+    );
+    const cjs = execFileSync(process.execPath, ['-e', "console.log(require('@qcow2/compress').getCodec('zlib').implementation)"], {
+      cwd,
+      encoding: 'utf8',
+    });
+    expect([esm.trim(), cjs.trim()]).toEqual(['node:zlib', 'node:zlib']);
+  });
+
   test('the built CommonJS entry loads the ESM-only wasm encoder on demand', () => {
     const built = join(__dirname, '../dist/index.cjs');
     if (!existsSync(built)) return; // covered once the package is built (npm test builds first)
