@@ -44,8 +44,9 @@ export function chainLayers(top: ImageLike, topName: string): LayerInfo[] {
  * The MapEntry runs qemu's get_block_status would report for the engine's extents: a run
  * allocated nowhere in the chain reports the depth where qemu's walk down the chain stops (the
  * bottom layer, or the first layer whose backing file is shorter than the offset), and is split
- * where that changes. In an image with a raw external data file such a run still has a host
- * offset (the guest offset), as qemu reports it.
+ * where that changes. Such a run still has a host offset where qemu reports one: unallocated
+ * subclusters of an allocated cluster, and (the guest offset) in an image with a raw external
+ * data file.
  */
 export function mapEntriesFromExtents(extents: readonly ImageExtent[], layers: readonly LayerInfo[]): MapEntry[] {
   const entries: MapEntry[] = [];
@@ -65,7 +66,11 @@ export function mapEntriesFromExtents(extents: readonly ImageExtent[], layers: r
         }
         const entry: MapEntry = { start, length: stop - start, depth, present: false, zero: true, data: false };
         const layer = layers[depth];
-        if (layer?.dataFileRaw === true && layer.dataFile !== undefined) {
+        if (e.hostOffset !== undefined && depth === e.depth) {
+          // An unallocated subcluster of an allocated cluster keeps its host offset.
+          entry.offset = e.hostOffset + (start - e.offset);
+          entry.filename = layer?.dataFile ?? layer?.name ?? e.filename ?? '';
+        } else if (layer?.dataFileRaw === true && layer.dataFile !== undefined) {
           // qcow2 reports the raw data file's matching offset for unallocated clusters too.
           entry.offset = start;
           entry.filename = layer.dataFile;

@@ -1,34 +1,9 @@
 import { stat } from 'node:fs/promises';
+import { openImage } from '@qcow2/engine';
 import { createNodeResolver, createNodeStorage } from '@qcow2/storage-node';
-import type { Storage, StorageResolver } from '@qcow2/storage';
+import type { Storage } from '@qcow2/storage';
 import { CliError, describeError, describeFileError } from './errors.js';
-import type { CliHost, HostOpenOptions, ImageFormat, ImageLike, OutputFile } from './host.js';
-
-/** The slice of @qcow2/engine this host calls (its issue-3 contract). */
-interface EngineModule {
-  openImage(
-    storage: Storage,
-    options?: {
-      readOnly?: boolean;
-      format?: ImageFormat;
-      name?: string;
-      resolver?: StorageResolver;
-      backing?: boolean;
-    },
-  ): Promise<ImageLike>;
-}
-
-let engine: Promise<EngineModule> | undefined;
-
-function loadEngine(): Promise<EngineModule> {
-  // A computed specifier: the engine is resolved when the first image is opened.
-  const specifier = '@qcow2/engine';
-  engine ??= (import(specifier) as Promise<EngineModule>).catch((error: unknown) => {
-    engine = undefined;
-    throw new CliError(`the qcow2 engine (@qcow2/engine) could not be loaded: ${describeError(error)}`, { cause: error });
-  });
-  return engine;
-}
+import type { CliHost, HostOpenOptions, ImageLike, OutputFile } from './host.js';
 
 /**
  * The host `main` uses on Node: images through @qcow2/engine over @qcow2/storage-node, backing
@@ -39,7 +14,6 @@ export function createNodeHost(): CliHost {
   const resolver = createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'] });
   return {
     async openImage(filename: string, options: HostOpenOptions): Promise<ImageLike> {
-      const { openImage } = await loadEngine();
       let storage: Storage;
       try {
         storage = await createNodeStorage(filename, { readOnly: true });
@@ -53,7 +27,7 @@ export function createNodeHost(): CliHost {
           name: filename,
           backing,
           ...(options.format === undefined ? {} : { format: options.format }),
-          ...(backing ? { resolver } : {}),
+          resolver,
         });
         return withStorageClose(image, storage);
       } catch (error) {
