@@ -105,7 +105,7 @@ describe('zstd codec: round trips', () => {
     expect(zstdDecompressInto(frame, dst)).toBe(frame.length);
     expect(Array.from(dst)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
     const flipped = frame.slice();
-    flipped[12] ^= 1; // a data byte
+    flipped[12] = flipped[12]! ^ 1; // a data byte
     expect(corruptMessage(() => zstdDecompressInto(flipped, new Uint8Array(8)))).toMatch(
       /content checksum 0x29646e14 at offset 0x11 does not match/,
     );
