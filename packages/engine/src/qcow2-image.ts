@@ -98,6 +98,16 @@ export class Qcow2Image implements Image {
     if (bad !== undefined) return rejected(bad);
     const length = dst.length;
     if (length === 0) return RESOLVED;
+    try {
+      return this.#readFast(dst, offset, length);
+    } catch (error) {
+      // A bad L1/L2 entry met synchronously: reject, never throw, from a promise-returning call.
+      return rejected(error as Qcow2Error);
+    }
+  }
+
+  /** One storage read (or none) when the request maps to one run and its L2 slice is cached. */
+  #readFast(dst: Uint8Array, offset: number, length: number): Promise<void> {
     const run = this.#run;
     if (this.#map.lookupCached(offset, length, run) && run.length === length) {
       switch (run.kind) {

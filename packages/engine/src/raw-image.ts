@@ -37,8 +37,12 @@ export class RawImage implements Image {
     const bad = bufferProblem(`${this.#what}: read`, dst) ?? rangeProblem(`${this.#what}: read`, offset, dst?.length, this.virtualSize);
     if (bad !== undefined) return rejected(bad);
     if (dst.length === 0) return RESOLVED;
-    if (offset + dst.length <= this.#fileSize) return this.#storage.read(dst, offset).then(ignore);
-    return readFully(this.#storage, dst, offset);
+    try {
+      if (offset + dst.length <= this.#fileSize) return this.#storage.read(dst, offset).then(ignore);
+      return readFully(this.#storage, dst, offset);
+    } catch (error) {
+      return rejected(error as Qcow2Error);
+    }
   }
 
   async readBytes(offset: number, length: number): Promise<Uint8Array> {
