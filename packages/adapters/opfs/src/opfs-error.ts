@@ -19,14 +19,15 @@ function detailOf(error: unknown): string {
  * storage and the operation (`opfs storage vm/disk.qcow2: open`). The original error is `cause`.
  *
  * - NotFoundError → 'NOT_FOUND'
- * - NoModificationAllowedError → 'IO', saying that another handle has the file open (an
- *   exclusive `readwrite` sync access handle, or a writable stream, holds its lock)
+ * - NoModificationAllowedError → 'IO': when opening (`opening`), saying that another handle has
+ *   the file open (an exclusive `readwrite` sync access handle, or a writable stream, holds its
+ *   lock); later, that the handle refuses the change (a 'read-only' handle)
  * - SecurityError → 'UNSUPPORTED' (the browser refuses OPFS to this context)
  * - QuotaExceededError → 'IO', saying the origin's storage quota is exhausted
  * - TypeMismatchError → 'IO' (a directory where a file was expected, or the reverse)
  * - anything else (InvalidStateError, NotReadableError, …) → 'IO'
  */
-export function opfsError(what: string, cause: unknown): Qcow2Error {
+export function opfsError(what: string, cause: unknown, opening = false): Qcow2Error {
   const name = errorName(cause);
   const detail = detailOf(cause);
   let code: Qcow2ErrorCode = 'IO';
@@ -37,9 +38,10 @@ export function opfsError(what: string, cause: unknown): Qcow2Error {
       message = `no such file or directory (${detail})`;
       break;
     case 'NoModificationAllowedError':
-      message =
-        `another handle has it open (${detail}); close that handle first, ` +
-        `or open every handle with mode 'read-only' or 'readwrite-unsafe'`;
+      message = opening
+        ? `another handle has it open (${detail}); close that handle first, ` +
+          `or open every handle with mode 'read-only' or 'readwrite-unsafe'`
+        : `the handle refuses the change (${detail})`;
       break;
     case 'SecurityError':
       code = 'UNSUPPORTED';

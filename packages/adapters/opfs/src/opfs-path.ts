@@ -38,6 +38,6 @@ export async function openOpfsFile(
     return await directory.getFileHandle(names[index]!, { create });
   } catch (error) {
     const at = index < names.length - 1 ? ` (at directory ${names.slice(0, index + 1).join('/')})` : '';
-    throw opfsError(`opfs storage ${path}: open${at}`, error);
+    throw opfsError(`opfs storage ${path}: open${at}`, error, true);
   }
 }

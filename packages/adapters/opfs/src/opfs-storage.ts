@@ -120,7 +120,7 @@ export async function createOpfsStorage(
   try {
     handle = await syncFile.createSyncAccessHandle({ mode });
   } catch (error) {
-    throw opfsError(`opfs storage ${path}: open (mode '${mode}')`, error);
+    throw opfsError(`opfs storage ${path}: open (mode '${mode}')`, error, true);
   }
   return wrapSyncAccessHandle(handle, path, readOnly, mode);
 }

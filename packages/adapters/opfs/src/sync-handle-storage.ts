@@ -106,8 +106,13 @@ class SyncHandleFile implements OpfsStorage {
     }
   }
 
+  /**
+   * Flushes the handle. On a 'read-only' handle there is nothing to make durable, and Chromium
+   * refuses the call (NoModificationAllowedError), so it resolves without one.
+   */
   async flush(): Promise<void> {
     this.#open('flush');
+    if (this.mode === 'read-only') return;
     try {
       this.#handle.flush();
     } catch (error) {

@@ -32,7 +32,8 @@ export function createWorkerServer(endpoint: MessageEndpoint, methods: Record<st
       endpoint.postMessage(response, { transfer: [...transfer] });
     } catch (error) {
       // The value could not be cloned: answer with the error instead, so the call still settles.
-      const failed: RpcResponse = { ...response, ok: false, error: encodeRpcError(error, 'reply') };
+      const { channel, id } = response;
+      const failed: RpcResponse = { tag: RPC_TAG, channel, id, ok: false, error: encodeRpcError(error, 'reply') };
       endpoint.postMessage(failed, { transfer: [] });
     }
   };

@@ -9,7 +9,7 @@ export interface FakeHandleOptions {
   /** Past this size, writes return short counts and truncates leave the size as it was (as Chromium near its quota). */
   quota?: number;
   /** Makes the next call of this name throw this error. */
-  throwOn?: { method: keyof SyncAccessHandle; error: unknown };
+  throwOn?: { method: keyof SyncAccessHandle; error: unknown } | undefined;
 }
 
 /**

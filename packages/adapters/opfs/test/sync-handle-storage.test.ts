@@ -121,3 +121,18 @@ describe('sync handle storage: the quota behaviour of Chromium', () => {
     expect(s.mode).toBe('readwrite');
   });
 });
+
+describe('sync handle storage: read-only handles', () => {
+  it("flush on a 'read-only' handle resolves without calling the handle (Chromium refuses it there)", async () => {
+    const refused = new DOMException("Cannot write to access handle in 'read-only' mode", 'NoModificationAllowedError');
+    const handle = new FakeSyncHandle(new FakeFile(), { throwOn: { method: 'flush', error: refused } });
+    const s = wrapSyncAccessHandle(handle, 'r.bin', true, 'read-only');
+    await s.flush();
+    expect(handle.flushes).toBe(0);
+    const rw = wrapSyncAccessHandle(handle, 'r.bin', true, 'readwrite');
+    const e = await rejection(rw.flush());
+    expect(e.message).toBe(
+      "opfs storage r.bin: flush: the handle refuses the change (NoModificationAllowedError: Cannot write to access handle in 'read-only' mode)",
+    );
+  });
+});
