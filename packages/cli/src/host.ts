@@ -55,6 +55,11 @@ export interface HostOpenOptions {
   format?: ImageFormat;
   /** Open the backing chain (default true). `qemu-img info` opens each file alone. */
   backing?: boolean;
+  /**
+   * Only the metadata will be used (`info`): an external data file that cannot be opened is not
+   * an error, as for qemu-img info.
+   */
+  metadataOnly?: boolean;
 }
 
 /** A file `convert` writes. */

@@ -1,9 +1,10 @@
 import { stat } from 'node:fs/promises';
 import { openImage } from '@qcow2/engine';
 import { createNodeResolver, createNodeStorage } from '@qcow2/storage-node';
-import type { Storage } from '@qcow2/storage';
+import { Qcow2Error, type Storage, type StorageResolver } from '@qcow2/storage';
 import { CliError, describeError, describeFileError } from './errors.js';
 import type { CliHost, HostOpenOptions, ImageLike, OutputFile } from './host.js';
+import { pathCombine } from './path-combine.js';
 
 /**
  * The host `main` uses on Node: images through @qcow2/engine over @qcow2/storage-node, backing
@@ -11,10 +12,21 @@ import type { CliHost, HostOpenOptions, ImageLike, OutputFile } from './host.js'
  * allowed), disk usage from `fs.stat`.
  */
 export function createNodeHost(): CliHost {
-  const resolver = createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'] });
+  const nodeResolver = createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'] });
+  /** The last backing/data file that could not be opened, to word the error as qemu does. */
+  let failed: { name: string; error: unknown } | undefined;
+  const resolver: StorageResolver = async (name, from) => {
+    try {
+      return await nodeResolver(name, from);
+    } catch (error) {
+      failed = { name: from === undefined ? name : pathCombine(from, name), error };
+      throw error;
+    }
+  };
   return {
     async openImage(filename: string, options: HostOpenOptions): Promise<ImageLike> {
       let storage: Storage;
+      failed = undefined;
       try {
         storage = await createNodeStorage(filename, { readOnly: true });
       } catch (error) {
@@ -27,12 +39,19 @@ export function createNodeHost(): CliHost {
           name: filename,
           backing,
           ...(options.format === undefined ? {} : { format: options.format }),
-          resolver,
+          resolver: options.metadataOnly === true ? tolerant(resolver) : resolver,
         });
         return withStorageClose(image, storage);
       } catch (error) {
         await storage.close().catch(() => undefined);
-        throw new CliError(`Could not open '${filename}': ${describeError(error)}`, { cause: error });
+        let reason = describeError(error);
+        const failure = failed as { name: string; error: unknown } | undefined;
+        if (failure !== undefined) {
+          // qemu: "Could not open 'top.qcow2': Could not open backing file: Could not open 'mid.qcow2': No such file or directory"
+          const what = /\bbacking file\b/.test(reason) ? 'Could not open backing file: ' : '';
+          reason = `${what}Could not open '${failure.name}': ${describeFileError(failure.error)}`;
+        }
+        throw new CliError(`Could not open '${filename}': ${reason}`, { cause: error });
       }
     },
 
@@ -48,6 +67,36 @@ export function createNodeHost(): CliHost {
     openOutput(filename: string, options: { create: boolean }): Promise<OutputFile> {
       return createNodeStorage(filename, options.create ? { create: true, truncate: true } : {});
     },
+  };
+}
+
+/**
+ * For metadata-only opens: a file that cannot be opened becomes an empty storage whose reads
+ * fail, so the image still opens (qemu-img info shows an image whose data file is missing).
+ */
+function tolerant(resolver: StorageResolver): StorageResolver {
+  return async (name, from) => {
+    try {
+      return await resolver(name, from);
+    } catch (error) {
+      return unavailableStorage(name, error);
+    }
+  };
+}
+
+function unavailableStorage(name: string, cause: unknown): Storage {
+  const fail = async (): Promise<never> => {
+    throw new Qcow2Error('IO', `${name} could not be opened: ${describeFileError(cause)}`, { cause });
+  };
+  return {
+    readOnly: true,
+    canDiscard: false,
+    read: fail,
+    write: fail,
+    size: async () => 0,
+    truncate: fail,
+    flush: async () => undefined,
+    close: async () => undefined,
   };
 }
 

@@ -188,6 +188,50 @@ describeWithQemu('qcow2 over the engine equals qemu-img/qemu-io 7.2', () => {
       });
     });
 
+    describe('files that cannot be opened: qemu\'s messages and exit codes', () => {
+      beforeAll(() => {
+        mkdirSync(join(dir, 'orphan'));
+        copyFileSync(join(dir, 'sub/top.qcow2'), join(dir, 'orphan/top.qcow2'));
+        mkdirSync(join(dir, 'nodata'));
+        copyFileSync(join(dir, 'df.qcow2'), join(dir, 'nodata/df.qcow2'));
+        writeFileSync(join(dir, 'junk.bin'), new Uint8Array(4096).fill(0x5a));
+      });
+      const cases: string[][] = [
+        ['map', 'orphan/top.qcow2'],
+        ['info', 'orphan/top.qcow2'],
+        ['info', '--backing-chain', 'orphan/top.qcow2'],
+        ['compare', 'orphan/top.qcow2', 'sub/top.qcow2'],
+        ['convert', 'orphan/top.qcow2', 'x.raw'],
+        ['bench', '-c', '1', 'orphan/top.qcow2'],
+        ['info', 'nodata/df.qcow2'],
+        ['info', '--output=json', 'nodata/df.qcow2'],
+        ['info', 'missing.qcow2'],
+        ['map', '-f', 'raw', 'missing.qcow2'],
+        ['info', '-f', 'vdi', 'plain.qcow2'],
+        ['info', '-f', 'nosuch', 'plain.qcow2'],
+      ];
+      it.each(cases.map((c) => [c.join(' '), c] as const))('%s', async (_label, args) => {
+        const q = sh(dir, 'qemu-img', args);
+        const r = await ours(args);
+        expect(r.code).toBe(q.code);
+        expect(r.stdout).toBe(q.stdout);
+        // qemu repeats "Could not open 'x': " for a file it cannot open at all; we say it once.
+        const qemuText = q.stderr
+          .replaceAll('qemu-img:', 'qcow2:')
+          .replace(/Could not open '([^']*)': Could not open '\1': /, "Could not open '$1': ");
+        if (args.includes('vdi')) expect(r.stderr).toMatch(/^qcow2: Could not open 'plain.qcow2': the 'vdi' format is not supported/);
+        else expect(r.stderr).toBe(qemuText);
+      });
+
+      it('io on an image that is not qcow2, with -f qcow2', async () => {
+        const q = sh(dir, 'qemu-io', ['-f', 'qcow2', '-c', 'read 0 1', 'junk.bin']);
+        const r = await ours(['io', '-f', 'qcow2', '-c', 'read 0 1', 'junk.bin']);
+        expect(r.code).toBe(q.code);
+        expect(q.stderr).toBe("qemu-io: can't open device junk.bin: Image is not in qcow2 format\n");
+        expect(r.stderr).toMatch(/^qcow2: can't open device junk.bin: Could not open 'junk.bin': .*not in qcow2 format.*\n$/);
+      });
+    });
+
     it('bench: the same request line, a completed run', async () => {
       const args = ['-c', '2000', '-d', '8', '-s', '64k', '-S', '1M', '-o', '3M', 'sub/top.qcow2'];
       const q = sh(dir, 'qemu-img', ['bench', '-U', ...args]);

@@ -62,6 +62,7 @@ export async function infoCommand(ctx: Context, argv: readonly string[]): Promis
     seen.add(filename);
     const image = await ctx.host.openImage(filename, {
       backing: false,
+      metadataOnly: true,
       ...(fmt === undefined ? {} : { format: imageFormat(fmt, filename) ?? 'raw' }),
     });
     let info: ImageInfo;
