@@ -1,7 +1,8 @@
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { storageConformanceCases, type ConformanceContext } from '@qcow2/storage';
-import { describeWithChromium, runInChromium } from './browser/harness.js';
+import { describeWithChromium } from './browser/describe-with-chromium.js';
+import { runInChromium } from './browser/run-in-chromium.js';
 import type { OpfsPageReport } from './browser/opfs-report.js';
 import type { ErrorJson, ResultJson } from './browser/report.js';
 

@@ -1,19 +1,20 @@
 /**
- * A reusable headless-Chromium harness for tests (Node side): bundle browser entry points with
- * esbuild, serve them (and any extra files, with Range requests) from 127.0.0.1 on an ephemeral
- * port with node:http, open a page in Debian's /usr/bin/chromium through playwright-core, and
- * resolve to the JSON the page POSTs to `/__report` (see `report.ts` for the page side).
+ * A reusable headless-Chromium harness (Node side): bundle browser entry points with esbuild,
+ * serve them (and any extra files, with Range requests) from 127.0.0.1 on an ephemeral port with
+ * node:http, open a page in Debian's /usr/bin/chromium through playwright-core, and resolve to
+ * the JSON the page POSTs to `/__report` (see `report.ts` for the page side).
  *
  *   const { report } = await runInChromium({ entries: { page: 'test/browser/x-page.ts', worker: '…' } });
  *
- * No browser is ever downloaded: when /usr/bin/chromium is missing, `describeWithChromium` skips
- * loudly, or fails under CI=true (scripts/ensure-chromium.sh installs it with apt-get).
+ * No browser is ever downloaded. Free of vitest, so benchmark scripts use it too; tests wrap
+ * their suites in `describeWithChromium` (describe-with-chromium.ts).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { describe } from 'vitest';
-import { isCI } from '@qcow2/test-utils';
+import type { BrowserContext } from 'playwright-core';
 
 export const CHROMIUM_PATH = process.env['QCOW2_CHROMIUM'] ?? '/usr/bin/chromium';
 
@@ -29,22 +30,6 @@ export const CHROMIUM_ARGS: readonly string[] = [
 
 export function hasChromium(): boolean {
   return existsSync(CHROMIUM_PATH);
-}
-
-/** `describe` when Chromium is there; else a loud skip, or a failing suite under CI=true. */
-export function describeWithChromium(name: string, body: () => void): void {
-  if (hasChromium()) {
-    describe(name, body);
-    return;
-  }
-  if (isCI()) {
-    describe(name, () => {
-      throw new Error(`${CHROMIUM_PATH} is missing, and CI=true: browser tests cannot be skipped in CI (run scripts/ensure-chromium.sh)`);
-    });
-    return;
-  }
-  console.warn(`\n!!! SKIPPED (${CHROMIUM_PATH} not found; run scripts/ensure-chromium.sh as root): ${name}\n`);
-  describe.skip(name, body);
 }
 
 /** A file the server hands out, besides the bundles. */
@@ -70,6 +55,12 @@ export interface RunInChromiumOptions {
   readonly query?: string;
   /** How long to wait for the report, in ms. Default 60 000. */
   readonly timeoutMs?: number;
+  /**
+   * Run in a persistent context over a fresh user-data dir (removed afterwards), so OPFS lives
+   * on disk. The default, a non-persistent (incognito-like) context, keeps OPFS in memory, where
+   * files stop growing near 1 GiB.
+   */
+  readonly persistentProfile?: boolean;
 }
 
 export interface ChromiumRun<T> {
@@ -190,7 +181,7 @@ export async function serveStatic(
 
 /**
  * Bundles the entries, serves them with `files`, opens the page in headless Chromium (a fresh
- * profile in a temp dir, non-persistent) and resolves to the report the page POSTs. Rejects
+ * profile in a temp dir; see `persistentProfile`) and resolves to the report the page POSTs. Rejects
  * when the page does not report within `timeoutMs`, with the page's logs in the message.
  */
 export async function runInChromium<T = unknown>(options: RunInChromiumOptions): Promise<ChromiumRun<T>> {
@@ -204,36 +195,46 @@ export async function runInChromium<T = unknown>(options: RunInChromiumOptions):
   const server = await serveStatic(served, options.headers);
   const logs: string[] = [];
   const timeoutMs = options.timeoutMs ?? 60_000;
-  const browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: [...CHROMIUM_ARGS], headless: true, timeout: 30_000 });
+  const launch = { executablePath: CHROMIUM_PATH, args: [...CHROMIUM_ARGS], headless: true, timeout: 30_000 };
+  let profile: string | undefined;
+  let close = async (): Promise<void> => undefined;
+  let timer: NodeJS.Timeout | undefined;
   try {
-    const context = await browser.newContext();
+    let context: BrowserContext;
+    if (options.persistentProfile === true) {
+      profile = mkdtempSync(join(tmpdir(), 'qcow2-chromium-profile-'));
+      context = await chromium.launchPersistentContext(profile, launch);
+      close = () => context.close();
+    } else {
+      const browser = await chromium.launch(launch);
+      close = () => browser.close();
+      context = await browser.newContext();
+    }
     context.on('console', (m) => logs.push(`[console.${m.type()}] ${m.text()}`));
     context.on('weberror', (e) => logs.push(`[uncaught] ${e.error().stack ?? e.error().message}`));
     const page = await context.newPage();
     page.on('worker', (w) => w.on('console', (m) => logs.push(`[worker console.${m.type()}] ${m.text()}`)));
     page.on('pageerror', (e) => logs.push(`[pageerror] ${e.stack ?? e.message}`));
-    let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () => reject(new Error(`the page did not report within ${timeoutMs} ms; its logs:\n${logs.join('\n') || '(none)'}`)),
         timeoutMs,
       );
     });
+    await page.goto(`${server.origin}/${options.query === undefined ? '' : `?${options.query}`}`);
+    const browserVersion = context.browser()?.version() ?? (await page.evaluate(() => navigator.userAgent));
+    const body = await Promise.race([server.report, timeout]);
+    let report: T;
     try {
-      await page.goto(`${server.origin}/${options.query === undefined ? '' : `?${options.query}`}`);
-      const body = await Promise.race([server.report, timeout]);
-      let report: T;
-      try {
-        report = JSON.parse(body) as T;
-      } catch {
-        throw new Error(`the page reported something that is not JSON: ${body.slice(0, 200)}`);
-      }
-      return { report, logs, browserVersion: browser.version() };
-    } finally {
-      clearTimeout(timer);
+      report = JSON.parse(body) as T;
+    } catch {
+      throw new Error(`the page reported something that is not JSON: ${body.slice(0, 200)}`);
     }
+    return { report, logs, browserVersion };
   } finally {
-    await browser.close();
+    clearTimeout(timer);
+    await close();
     await server.close();
+    if (profile !== undefined) rmSync(profile, { recursive: true, force: true });
   }
 }
