@@ -1,4 +1,38 @@
-import type { ImageExtent } from './host.js';
+import type { ImageExtent, ImageLike } from './host.js';
+
+/**
+ * The guest span one L2 table slice maps in a qcow2 image with qemu's default cache entry size
+ * (a cluster): qemu's block status never reports a run across such a boundary.
+ */
+export function l2SliceSpan(image: ImageLike): number | undefined {
+  if (image.format !== 'qcow2' || image.clusterSize === undefined) return undefined;
+  const entryBytes = image.formatSpecific?.['extended-l2'] === true ? 16 : 8;
+  return (image.clusterSize / entryBytes) * image.clusterSize;
+}
+
+/** Splits runs where qemu's block status would: at the L2 slice boundaries of every qcow2 layer. */
+export function splitAtSlices(extents: readonly ImageExtent[], image: ImageLike): ImageExtent[] {
+  const spans: number[] = [];
+  for (let layer: ImageLike | undefined = image; layer !== undefined; layer = layer.backing) {
+    const span = l2SliceSpan(layer);
+    if (span !== undefined && !spans.includes(span)) spans.push(span);
+  }
+  if (spans.length === 0) return extents.slice();
+  const out: ImageExtent[] = [];
+  for (const e of extents) {
+    let start = e.offset;
+    const end = e.offset + e.length;
+    while (start < end) {
+      let stop = end;
+      for (const span of spans) stop = Math.min(stop, (Math.floor(start / span) + 1) * span);
+      const piece: ImageExtent = { ...e, offset: start, length: stop - start };
+      if (e.hostOffset !== undefined) piece.hostOffset = e.hostOffset + (start - e.offset);
+      out.push(piece);
+      start = stop;
+    }
+  }
+  return out;
+}
 
 /** The bdrv_block_status_above flags `qemu-img compare` looks at, for one run. */
 export interface BlockStatus {

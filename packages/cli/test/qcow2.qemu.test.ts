@@ -141,6 +141,12 @@ describeWithQemu('qcow2 over the engine equals qemu-img/qemu-io 7.2', () => {
         ok('qemu-io', '-c', 'write -P 0x77 70M 1', 'top-changed.qcow2');
         ok('qemu-img', 'create', '-q', '-f', 'qcow2', 'empty.qcow2', '96M');
         ok('qemu-img', 'create', '-q', '-f', 'qcow2', 'empty-big.qcow2', '100M');
+        // 1 GiB, 64 KiB clusters: qemu's block status splits runs at 512 MiB (one L2 slice).
+        ok('qemu-img', 'create', '-q', '-f', 'qcow2', 'big-a.qcow2', '1G');
+        ok('qemu-io', '-c', 'write -P 1 600M 64k', 'big-a.qcow2');
+        ok('qemu-img', 'create', '-q', '-f', 'qcow2', 'big-b.qcow2', '1G');
+        ok('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', 'big-c.qcow2', '1G');
+        ok('qemu-io', '-c', 'write -P 1 600M 64k', 'big-c.qcow2');
       });
       const pairs: string[][] = [
         ['sub/top.qcow2', 'top.raw'],
@@ -156,6 +162,11 @@ describeWithQemu('qcow2 over the engine equals qemu-img/qemu-io 7.2', () => {
         ['zstd.qcow2', 'top.raw'],
         ['z.qcow2', 'z.qcow2'],
         ['sub/top.qcow2', 'nope.qcow2'],
+        ['-s', 'big-a.qcow2', 'big-b.qcow2'],
+        ['-s', 'big-b.qcow2', 'big-c.qcow2'],
+        ['-p', 'big-a.qcow2', 'big-b.qcow2'],
+        ['-p', 'big-a.qcow2', 'big-c.qcow2'],
+        ['-p', 'plain.qcow2', 'plain.qcow2'],
       ];
       it.each(pairs.map((c) => [c.join(' '), c] as const))('%s', async (_label, args) => {
         const q = sh(dir, 'qemu-img', ['compare', '-U', ...args]);

@@ -2,7 +2,7 @@ import type { Context } from '../context.js';
 import { CliError, describeError, isCliError } from '../errors.js';
 import { getopt } from '../getopt.js';
 import type { ImageLike } from '../host.js';
-import { statusEqual, StatusCursor } from '../block-status.js';
+import { splitAtSlices, statusEqual, StatusCursor } from '../block-status.js';
 import { checkCacheMode } from '../options.js';
 import { Progress } from '../progress.js';
 import { checkGetopt, usageError } from '../usage.js';
@@ -179,7 +179,7 @@ async function compareImages(
 async function statusExtents(image: ImageLike, file: string): Promise<Awaited<ReturnType<ImageLike['extents']>>> {
   if (image.virtualSize === 0) return [];
   try {
-    return await image.extents(0, image.virtualSize);
+    return splitAtSlices(await image.extents(0, image.virtualSize), image);
   } catch (error) {
     throw new CliError(`Sector allocation test failed for ${file}`, { exitCode: 3, cause: error });
   }
