@@ -94,7 +94,7 @@ export class Qcow2Image implements Image {
   read(dst: Uint8Array, offset: number): Promise<void> {
     const closed = this.#closedError('read');
     if (closed !== undefined) return rejected(closed);
-    const bad = bufferProblem(`${this.#what}: read`, dst) ?? rangeProblem(`${this.#what}: read`, offset, dst?.length, this.virtualSize);
+    const bad = bufferProblem(this.#what, 'read', dst) ?? rangeProblem(this.#what, 'read', offset, dst.length, this.virtualSize);
     if (bad !== undefined) return rejected(bad);
     const length = dst.length;
     if (length === 0) return RESOLVED;
@@ -136,7 +136,7 @@ export class Qcow2Image implements Image {
   }
 
   async readBytes(offset: number, length: number): Promise<Uint8Array> {
-    const bad = rangeProblem(`${this.#what}: readBytes`, offset, length, this.virtualSize);
+    const bad = rangeProblem(this.#what, 'readBytes', offset, length, this.virtualSize);
     if (bad !== undefined) throw bad;
     const out = new Uint8Array(length);
     await this.read(out, offset);
@@ -237,7 +237,7 @@ export class Qcow2Image implements Image {
   async extents(offset: number, length: number): Promise<Extent[]> {
     const closed = this.#closedError('extents');
     if (closed !== undefined) throw closed;
-    const bad = rangeProblem(`${this.#what}: extents`, offset, length, this.virtualSize);
+    const bad = rangeProblem(this.#what, 'extents', offset, length, this.virtualSize);
     if (bad !== undefined) throw bad;
     const list = new ExtentList();
     await this.collectExtents(offset, length, 0, list);

@@ -34,7 +34,7 @@ export class RawImage implements Image {
 
   read(dst: Uint8Array, offset: number): Promise<void> {
     if (this.#closed) return rejected(new Qcow2Error('CLOSED', `${this.#what}: read after close`));
-    const bad = bufferProblem(`${this.#what}: read`, dst) ?? rangeProblem(`${this.#what}: read`, offset, dst?.length, this.virtualSize);
+    const bad = bufferProblem(this.#what, 'read', dst) ?? rangeProblem(this.#what, 'read', offset, dst.length, this.virtualSize);
     if (bad !== undefined) return rejected(bad);
     if (dst.length === 0) return RESOLVED;
     try {
@@ -46,7 +46,7 @@ export class RawImage implements Image {
   }
 
   async readBytes(offset: number, length: number): Promise<Uint8Array> {
-    const bad = rangeProblem(`${this.#what}: readBytes`, offset, length, this.virtualSize);
+    const bad = rangeProblem(this.#what, 'readBytes', offset, length, this.virtualSize);
     if (bad !== undefined) throw bad;
     const out = new Uint8Array(length);
     await this.read(out, offset);
@@ -55,7 +55,7 @@ export class RawImage implements Image {
 
   async extents(offset: number, length: number): Promise<Extent[]> {
     if (this.#closed) throw new Qcow2Error('CLOSED', `${this.#what}: extents after close`);
-    const bad = rangeProblem(`${this.#what}: extents`, offset, length, this.virtualSize);
+    const bad = rangeProblem(this.#what, 'extents', offset, length, this.virtualSize);
     if (bad !== undefined) throw bad;
     if (length === 0) return [];
     const extent: Extent = { offset, length, kind: 'data', depth: 0, hostOffset: offset };

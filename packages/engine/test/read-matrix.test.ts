@@ -87,6 +87,24 @@ describeWithQemu('reads equal qemu-img convert, extents equal qemu-img map', () 
       } finally {
         await image.close();
       }
+      // Again through the smallest L2 cache qemu allows (two 512-byte slices): every lookup
+      // crosses slices and evicts.
+      const tiny = await openFile(file, { l2CacheSize: 1024, l2CacheEntrySize: 512 });
+      try {
+        expect(firstDifference(await readAll(tiny, 100_000), expected), 'tiny cache').toBe(-1);
+        expect(tiny.stats().l2Capacity).toBe(1024);
+        const extents = await tiny.extents(0, tiny.virtualSize);
+        expect(canonicalExtents(extents)).toEqual(canonicalExtents(await (async () => {
+          const again = await openFile(file);
+          try {
+            return await again.extents(0, again.virtualSize);
+          } finally {
+            await again.close();
+          }
+        })()));
+      } finally {
+        await tiny.close();
+      }
     });
   });
 });
