@@ -1,0 +1,1 @@
+export { createDenoStorage, type DenoStorage, type DenoStorageOptions } from './deno-storage.js';
