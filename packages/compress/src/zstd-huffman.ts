@@ -126,8 +126,13 @@ function buildHuffmanTable(table: HuffmanTable, count: number, at: number, what:
     const start = rankStart[w]!;
     rankStart[w] = start + span;
     const nb = maxBits + 1 - w;
-    table.symbol.fill(i, start, start + span);
-    table.nbBits.fill(nb, start, start + span);
+    // Plain loops: spans are mostly a few entries, where fill()'s call costs more than the work.
+    const symbolOf = table.symbol;
+    const bitsOf = table.nbBits;
+    for (let k = start; k < start + span; k++) {
+      symbolOf[k] = i;
+      bitsOf[k] = nb;
+    }
   }
   table.maxBits = maxBits;
 }
