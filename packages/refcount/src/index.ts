@@ -1,0 +1,16 @@
+export { Refcounts, openRefcounts } from './refcounts.js';
+export type { RefcountsOptions, RefcountStructureRange, RefcountTableProblem, TableMovedCallback } from './refcounts.js';
+export { DiscardQueue, resolveDiscardPolicy } from './discard.js';
+export type { DiscardPolicy, DiscardRegion, DiscardType } from './discard.js';
+export { MAX_REFCOUNT_ARRAY_BYTES, RefcountArray } from './refcount-array.js';
+export { refcountMetadataSize } from './metadata-size.js';
+export type { RefcountMetadataSize } from './metadata-size.js';
+export { computeExpectedRefcounts } from './expected.js';
+export type { AddReference, ExpectedRefcounts, ExpectedRefcountsOptions, ReferenceProblem, ReferenceProblemKind } from './expected.js';
+export { compareRefcounts, fixRefcounts } from './compare.js';
+export type { FixRefcountsResult, RefcountComparison, RefcountMismatch } from './compare.js';
+export { rebuildRefcountStructure } from './rebuild.js';
+export type { RebuildOptions, RebuildResult } from './rebuild.js';
+export { writeInitialRefcountStructure } from './initial-structure.js';
+export type { InitialRefcountStructure, InitialRefcountStructureOptions } from './initial-structure.js';
+export { HEADER_REFCOUNT_TABLE_OFFSET, writeRefcountTableHeaderFields } from './io.js';
