@@ -61,10 +61,10 @@ function optionsOf(value: unknown): OpfsStorageOptions {
  * half of `createOpfsWorkerStorage`.
  */
 export function registerStorageMethods(server: WorkerServer, open: WorkerStorageOpener): void {
-  const open_ = new Map<number, Storage>();
+  const storages = new Map<number, Storage>();
   let nextId = 1;
   const storageOf = (method: string, id: unknown): Storage => {
-    const storage = typeof id === 'number' ? open_.get(id) : undefined;
+    const storage = typeof id === 'number' ? storages.get(id) : undefined;
     if (storage === undefined) throw new Qcow2Error('CLOSED', `${method}: storage ${String(id)} is not open in this worker`);
     return storage;
   };
@@ -74,7 +74,7 @@ export function registerStorageMethods(server: WorkerServer, open: WorkerStorage
     const opts = optionsOf(options);
     const storage = await open(path, opts);
     const id = nextId++;
-    open_.set(id, storage);
+    storages.set(id, storage);
     const opened: OpenedStorage = {
       id,
       path: storage.path ?? path,
@@ -109,9 +109,9 @@ export function registerStorageMethods(server: WorkerServer, open: WorkerStorage
     await storage.discard(offset as number, length as number);
   });
   server.register(STORAGE_METHODS.close, async ([id]) => {
-    const storage = open_.get(id as number);
+    const storage = storages.get(id as number);
     if (storage === undefined) return;
-    open_.delete(id as number);
+    storages.delete(id as number);
     await storage.close();
   });
 }
