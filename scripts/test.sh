@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh --with-qemu
+bash scripts/ensure-chromium.sh
 
 if [ -n "${CI:-}" ] && [ "${CI}" != "false" ] && ! command -v qemu-img >/dev/null 2>&1; then
   echo "CI=true and qemu-img is missing: the differential tests cannot run" >&2
