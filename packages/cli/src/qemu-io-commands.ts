@@ -15,7 +15,8 @@ const INT64_MAX = (1n << 63n) - 1n;
 const SECTOR = 512;
 
 export interface IoSession {
-  readonly image: ImageLike;
+  /** The open image; undefined when qemu-io was started without a file. */
+  readonly image: ImageLike | undefined;
   readonly out: (text: string) => void;
   readonly err: (text: string) => void;
   readonly now: () => number;
@@ -25,6 +26,8 @@ export interface IoSession {
 
 interface IoCommand {
   name: string;
+  /** Runs without an open file (help, quit). */
+  global?: boolean;
   altname?: string;
   /** `undefined` prints nothing; '' prints an extra space, as qemu's help does. */
   args?: string;
@@ -125,6 +128,12 @@ function usage(session: IoSession, cmd: IoCommand): false {
   return false;
 }
 
+/** The open image (runIoCommand has checked there is one for commands that are not global). */
+function imageOf(session: IoSession): ImageLike {
+  if (session.image === undefined) throw new Error('no file open');
+  return session.image;
+}
+
 /** blk_check_byte_request: inside the image, else EIO. */
 function inRange(image: ImageLike, offset: number, count: number): boolean {
   return offset <= image.virtualSize && image.virtualSize - offset >= count;
@@ -132,10 +141,11 @@ function inRange(image: ImageLike, offset: number, count: number): boolean {
 
 /** Reads for qemu-io: the engine's errors become "Input/output error" lines, as EIO in qemu. */
 async function pread(session: IoSession, dst: Uint8Array, offset: number): Promise<string | undefined> {
-  if (!inRange(session.image, offset, dst.length)) return 'Input/output error';
+  const image = imageOf(session);
+  if (!inRange(image, offset, dst.length)) return 'Input/output error';
   if (dst.length === 0) return undefined;
   try {
-    await session.image.read(dst, offset);
+    await image.read(dst, offset);
     return undefined;
   } catch (error) {
     return `Input/output error (${describeError(error)})`;
@@ -367,7 +377,7 @@ const lengthCommand: IoCommand = {
   argmin: 0,
   argmax: 0,
   async run(session) {
-    session.out(`${cvtstr(session.image.virtualSize)}\n`);
+    session.out(`${cvtstr(imageOf(session).virtualSize)}\n`);
     return true;
   },
 };
@@ -403,7 +413,8 @@ const mapCommand: IoCommand = {
   async run(session) {
     let runs;
     try {
-      runs = await allocationRuns(session.image, 0, session.image.virtualSize);
+      const image = imageOf(session);
+      runs = await allocationRuns(image, 0, image.virtualSize);
     } catch (error) {
       session.err(`qcow2: Failed to get allocation status: ${describeError(error)}\n`);
       return false;
@@ -444,11 +455,12 @@ const allocCommand: IoCommand = {
       count = c.value;
     }
     // Past the end of the image nothing is counted, as bdrv_is_allocated's 0-length answer there.
-    const size = session.image.virtualSize;
+    const image = imageOf(session);
+    const size = image.virtualSize;
     const inside = Math.max(0, Math.min(count, size - offset.value));
     let runs;
     try {
-      runs = await allocationRuns(session.image, offset.value, inside);
+      runs = await allocationRuns(image, offset.value, inside);
     } catch (error) {
       session.out(`is_allocated failed: ${describeError(error)}\n`);
       return false;
@@ -461,6 +473,7 @@ const allocCommand: IoCommand = {
 
 const quitCommand: IoCommand = {
   name: 'quit',
+  global: true,
   altname: 'q',
   oneline: 'exit the program',
   argmin: 0,
@@ -473,6 +486,7 @@ const quitCommand: IoCommand = {
 
 const helpCommand: IoCommand = {
   name: 'help',
+  global: true,
   altname: '?',
   args: '[command]',
   oneline: 'help for one or all commands',
@@ -562,6 +576,10 @@ export async function runIoCommand(session: IoSession, line: string): Promise<bo
   const cmd = findCommand(name);
   if (cmd === undefined) {
     session.err(`command "${name}" not found\n`);
+    return false;
+  }
+  if (cmd.global !== true && session.image === undefined) {
+    session.err("no file open, try 'help open'\n");
     return false;
   }
   const argc = argv.length - 1;

@@ -59,6 +59,15 @@ describeWithQemu('qcow2 io equals qemu-io (raw images)', () => {
     expect(ours.code).toBe(q.status);
   });
 
+  it('without a file: help and quit work, other commands fail as in qemu-io', async () => {
+    const args = ['-c', 'read 0 1', '-c', 'help quit', '-c', 'length', '-c', 'nope'];
+    const q = spawnSync('qemu-io', args, { encoding: 'utf8' });
+    const ours = await run(['io', ...args], rawFileHost());
+    expect(ours.stdout).toBe(q.stdout);
+    expect(ours.stderr).toBe(q.stderr);
+    expect(ours.code).toBe(q.status);
+  });
+
   it('reads the commands from standard input when there is no -c', async () => {
     const ours = await run(['io', '-f', 'raw', file], rawFileHost(), ['read -P 0xab 0 4k', 'length']);
     expect(normalizeTimes(ours.stdout)).toBe('read 4096/4096 bytes at offset 0\n4 KiB, 1 ops; TIME\n1 MiB\n');

@@ -8,7 +8,7 @@ import { checkGetopt, usageError } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
 
 /**
- * `qcow2 io [-f fmt] [-r] [-U] [-c CMD]... FILE`: qemu-io's command line over a read-only image.
+ * `qcow2 io [-f fmt] [-r] [-U] [-c CMD]... [FILE]`: qemu-io's command line over a read-only image.
  * The -c commands run in order (or, with none, the lines of standard input); `quit` stops. Exit
  * status 1 when any command failed, as qemu-io.
  */
@@ -65,17 +65,19 @@ export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<
         break; // -r (always read-only for now), -s, -n, -C, -m, -k, -U
     }
   }
-  if (parsed.operands.length > 1) throw usageError('too many arguments');
-  if (parsed.operands.length === 0) throw usageError('Expecting one image file name');
-  const filename = parsed.operands[0] as string;
+  if (parsed.operands.length > 1) throw usageError('Expecting at most one image file name');
+  const filename = parsed.operands[0];
 
-  let image: ImageLike;
-  try {
-    image = await openWithChain(ctx, filename, format);
-  } catch (error) {
-    throw new CliError(`can't open device ${filename}: ${isCliError(error) ? error.message : describeError(error)}`, {
-      cause: error,
-    });
+  // Without a file, as qemu-io: only help and quit work, other commands fail.
+  let image: ImageLike | undefined;
+  if (filename !== undefined) {
+    try {
+      image = await openWithChain(ctx, filename, format);
+    } catch (error) {
+      throw new CliError(`can't open device ${filename}: ${isCliError(error) ? error.message : describeError(error)}`, {
+        cause: error,
+      });
+    }
   }
   const session: IoSession = { image, out: ctx.out, err: ctx.err, now: ctx.now, quit: false };
   let failed = false;
@@ -86,7 +88,7 @@ export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<
       if (!(await runIoCommand(session, line))) failed = true;
     }
   } finally {
-    await image.close();
+    await image?.close();
   }
   return failed ? 1 : 0;
 }
