@@ -255,6 +255,32 @@ describe('createHttpStorage: requests', () => {
     await s.close();
   });
 
+  it('at most 6 requests are in flight; the others queue', async () => {
+    const data = bytes(1024 * KiB, 20);
+    const { url, gets } = serve(data);
+    let active = 0;
+    let peak = 0;
+    const counting: FetchLike = async (u, init) => {
+      active++;
+      peak = Math.max(peak, active);
+      try {
+        const response = await fetch(u, init);
+        const body = await response.arrayBuffer();
+        return { status: response.status, statusText: response.statusText, headers: response.headers, body: null, arrayBuffer: async () => body };
+      } finally {
+        active--;
+      }
+    };
+    const s = await createHttpStorage(url, { blockSize: 4096, fetch: counting });
+    const blocks = Array.from({ length: 20 }, (_, i) => 2 + 3 * i); // no two neighbours: 20 requests
+    const dsts = blocks.map(() => new Uint8Array(4096));
+    await Promise.all(blocks.map((block, i) => s.read(dsts[i] as Uint8Array, block * 4096)));
+    blocks.forEach((block, i) => expectBytes(dsts[i], data.subarray(block * 4096, (block + 1) * 4096)));
+    expect(gets()).toHaveLength(21);
+    expect(peak).toBe(6);
+    await s.close();
+  });
+
   it('cached blocks are not fetched again; the LRU keeps at most cacheBytes', async () => {
     const data = bytes(1024 * KiB, 8);
     const { url, gets } = serve(data);
