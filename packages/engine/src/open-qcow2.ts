@@ -73,7 +73,16 @@ export async function openQcow2(storage: Storage, options: OpenOptions, openBack
   const config = resolveCacheConfig(cacheOptions);
   const fileSize = await storage.size();
   const l1 = await loadL1Table(storage, header.l1TableOffset, header.l1Size);
-  const stored = await readSnapshotTable(storage, header.snapshotsOffset, header.nbSnapshots);
+  const { snapshots: stored, length: snapshotTableLength } = await readSnapshotTable(
+    storage,
+    header.snapshotsOffset,
+    header.nbSnapshots,
+  );
+  if (options.strict === true) {
+    checkTable(what, 'L1 table', header.l1TableOffset, header.l1Size * L1_ENTRY_SIZE, clusterSize, fileSize);
+    checkTable(what, 'refcount table', header.refcountTableOffset, header.refcountTableClusters * clusterSize, clusterSize, fileSize);
+    checkTable(what, 'snapshot table', header.snapshotsOffset, snapshotTableLength, clusterSize, fileSize);
+  }
   const bitmaps = await readBitmaps(storage, header, extensions);
 
   const owned: (Storage | Image)[] = [];
@@ -165,6 +174,20 @@ export async function openQcow2(storage: Storage, options: OpenOptions, openBack
     l2Cache?.dispose();
     await closeAll(owned);
     throw error;
+  }
+}
+
+/**
+ * Strict mode: a table must lie within the file and after the header cluster (qemu only checks
+ * alignment and limits, and reads what lies past the end of the file as zeros).
+ */
+function checkTable(what: string, table: string, offset: number, length: number, clusterSize: number, fileSize: number): void {
+  if (length === 0) return;
+  if (offset < clusterSize) {
+    throw corrupt(`${what}: ${table} at ${hex(offset)} overlaps the header cluster (strict)`);
+  }
+  if (offset + length > fileSize) {
+    throw corrupt(`${what}: ${table} at ${hex(offset)} (${length} bytes) runs past the end of the file at ${hex(fileSize)} (strict)`);
   }
 }
 

@@ -33,13 +33,18 @@ const CHUNK = 64 * 1024;
  * size are kept as stored and only checked when the snapshot is opened (as qemu checks them in
  * qcow2_snapshot_load_tmp), so that an image with one damaged snapshot entry still opens.
  * Memory grows with the table actually read, never with a size field before it is checked.
+ * Returns the entries and the table's length in bytes.
  */
-export async function readSnapshotTable(storage: Storage, offset: number, count: number): Promise<StoredSnapshot[]> {
+export async function readSnapshotTable(
+  storage: Storage,
+  offset: number,
+  count: number,
+): Promise<{ snapshots: StoredSnapshot[]; length: number }> {
   if (count > MAX_SNAPSHOTS) {
     throw corrupt(`snapshot table at ${hex(offset)}: ${count} snapshots exceed qemu's limit of ${MAX_SNAPSHOTS}`);
   }
   const out: StoredSnapshot[] = [];
-  if (count === 0) return out;
+  if (count === 0) return { snapshots: out, length: 0 };
   let buffer = new Uint8Array(0);
   let bufferStart = offset;
   /** Makes sure [at, at + length) of the file is in `buffer` and returns its index there. */
@@ -78,5 +83,5 @@ export async function readSnapshotTable(storage: Storage, offset: number, count:
     out.push({ entry, l1OffsetHi, l1OffsetLo, l1Size });
     at += length;
   }
-  return out;
+  return { snapshots: out, length: at - offset };
 }

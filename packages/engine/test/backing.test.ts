@@ -89,6 +89,21 @@ describeWithQemu('backing chains', () => {
     }
   });
 
+  it('reads a three-deep qcow2 chain with different cluster sizes, extended L2 and zstd in the middle', async () => {
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512,compat=0.10', path('c7-base.qcow2'), String(3 * M)]);
+    qemuIo(qemuIoArgs(path('c7-base.qcow2'), randomOps({ seed: 71, virtualSize: 3 * M, clusterSize: 512, count: 60, compressed: true, zeroes: true })), { allowExit: [1] });
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=32k,extended_l2=on,compression_type=zstd', '-b', 'c7-base.qcow2', '-F', 'qcow2', path('c7-mid.qcow2'), String(4 * M)]);
+    qemuIo(qemuIoArgs(path('c7-mid.qcow2'), randomOps({ seed: 72, virtualSize: 4 * M, clusterSize: 32 * K, count: 60, compressed: true, zeroes: true, subclusters: true })), { allowExit: [1] });
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', '-b', 'c7-mid.qcow2', '-F', 'qcow2', path('c7-top.qcow2'), String(6 * M)]);
+    qemuIo(qemuIoArgs(path('c7-top.qcow2'), randomOps({ seed: 73, virtualSize: 6 * M, clusterSize: 2 * M, count: 6, zeroes: true })), { allowExit: [1] });
+    const image = await openFile(path('c7-top.qcow2'));
+    try {
+      await expectSameAsQemu(tmp.dir, path('c7-top.qcow2'), image, 74);
+    } finally {
+      await image.close();
+    }
+  });
+
   it('probes the backing format when the image has no backing format extension', async () => {
     qemuImg(['create', '-q', '-f', 'qcow2', path('c3-base.qcow2'), String(2 * M)]);
     qemuIo(['-c', 'write -P 0x51 0 1M', path('c3-base.qcow2')]);

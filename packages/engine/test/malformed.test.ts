@@ -338,12 +338,31 @@ describeWithQemu('malformed images: the same decision as qemu-io, a Qcow2Error, 
   });
 
   it('strict mode refuses what qemu reads past: reserved bits, clusters past the end of the file', async () => {
-    for (const name of ['reserved bits in L1 and L2 entries', 'data cluster past the end of the file']) {
+    for (const name of ['reserved bits in L1 and L2 entries', 'data cluster past the end of the file', 'truncated to 262144 bytes']) {
       const file = join(tmp.dir, `${name.replace(/[^a-z0-9]+/gi, '-')}.qcow2`);
       const image = await openFile(file, { strict: true });
       await expect(image.read(new Uint8Array(512), 0)).rejects.toMatchObject({ code: 'CORRUPT' });
       await image.close();
     }
+    for (const [name, message] of [
+      ['L1 table past the end of the file', /L1 table at 0x1000000000 \(8 bytes\) runs past the end of the file/],
+      ['refcount table past the end of the file', /refcount table at 0x1000000000 .* runs past the end of the file/],
+      ['snapshot table past the end of the file', /snapshot table at 0x1000000000 .* runs past the end of the file/],
+      ['truncated to 196608 bytes', /L1 table at 0x30000 \(8 bytes\) runs past the end of the file/],
+    ] as const) {
+      const file = join(tmp.dir, `${name.replace(/[^a-z0-9]+/gi, '-')}.qcow2`);
+      const error = await openFile(file, { strict: true }).catch((e: unknown) => e);
+      expect(error, name).toMatchObject({ code: 'CORRUPT' });
+      expect((error as Error).message).toMatch(message);
+      // Not strict: read as qemu reads it.
+      const image = await openFile(file);
+      await image.close();
+    }
+    const plain = join(tmp.dir, 'plain.qcow2');
+    const header = readFileSync(plain);
+    header.writeBigUInt64BE(0n, H.l1Offset);
+    writeFileSync(join(tmp.dir, 'l1-over-header.qcow2'), header);
+    await expect(openFile(join(tmp.dir, 'l1-over-header.qcow2'), { strict: true })).rejects.toThrow(/L1 table at 0x0 overlaps the header cluster/);
   });
 
   it('a snapshot with a bad L1 table is refused when opened, as qemu-img convert -l refuses it', async () => {
