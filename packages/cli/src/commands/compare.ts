@@ -4,6 +4,7 @@ import { getopt } from '../getopt.js';
 import type { ImageLike } from '../host.js';
 import { splitAtSlices, statusEqual, StatusCursor } from '../block-status.js';
 import { checkCacheMode } from '../options.js';
+import { firstDifferingSector, firstNonzeroSector } from '../zero-scan.js';
 import { Progress } from '../progress.js';
 import { checkGetopt, usageError } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
@@ -194,18 +195,6 @@ async function readOrFail(image: ImageLike, dst: Uint8Array, offset: number, fil
       cause: error,
     });
   }
-}
-
-/** compare_buffers at sector granularity: the offset of the first 512-byte sector that differs, or -1. */
-export function firstDifferingSector(a: Uint8Array, b: Uint8Array): number {
-  for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) return i - (i % SECTOR);
-  return -1;
-}
-
-/** find_nonzero: the offset of the first 512-byte sector that is not all zeros, or -1. */
-export function firstNonzeroSector(a: Uint8Array): number {
-  for (let i = 0; i < a.length; i += 1) if (a[i] !== 0) return i - (i % SECTOR);
-  return -1;
 }
 
 async function checkEmptySectors(

@@ -4,6 +4,7 @@ import { getopt } from '../getopt.js';
 import type { ImageLike, OutputFile } from '../host.js';
 import { checkCacheMode, cvtnum, isQemuDriver } from '../options.js';
 import { Progress } from '../progress.js';
+import { isZero } from '../zero-scan.js';
 import { findSnapshot, parseSnapshotParam } from '../snapshot-param.js';
 import { checkGetopt } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
@@ -22,13 +23,16 @@ interface ConvertOptions {
   quiet: boolean;
   minSparse: number;
   noCreate: boolean;
+  /** Make the output durable before returning: any -t mode but qemu's default for convert, unsafe. */
+  flush: boolean;
 }
 
 /**
  * `qcow2 convert [-f fmt] [-O raw] [-l SNAPSHOT] [-p] [-q] [-n] [-S size] SRC... DST`: qemu-img
  * convert to a raw file. Zero and unallocated runs are not written (the new file is sparse
  * there), nor are runs of at least -S zero bytes inside data (default 4 KiB; 0 writes everything).
- * Several sources are concatenated, as qemu-img does.
+ * Several sources are concatenated, as qemu-img does. As qemu-img's default cache mode for
+ * convert (unsafe), the output is not fsynced unless -t names another mode.
  */
 export async function convertCommand(ctx: Context, argv: readonly string[]): Promise<number> {
   const parsed = checkGetopt(
@@ -47,7 +51,14 @@ export async function convertCommand(ctx: Context, argv: readonly string[]): Pro
       ],
     }),
   );
-  const options: ConvertOptions = { outputFormat: 'raw', progress: false, quiet: false, minSparse: 8 * SECTOR, noCreate: false };
+  const options: ConvertOptions = {
+    outputFormat: 'raw',
+    progress: false,
+    quiet: false,
+    minSparse: 8 * SECTOR,
+    noCreate: false,
+    flush: false,
+  };
   let compress = false;
   let backing: string | undefined;
   let createOptions: string | undefined;
@@ -90,6 +101,7 @@ export async function convertCommand(ctx: Context, argv: readonly string[]): Pro
         break;
       case 't':
         if (!checkCacheMode(arg)) throw new CliError(`Invalid cache option: ${arg}`);
+        options.flush = arg !== 'unsafe';
         break;
       case 'T':
         if (!checkCacheMode(arg)) throw new CliError(`Invalid source cache option: ${arg}`);
@@ -249,10 +261,12 @@ async function copyToRaw(
         }
       }
     }
-    try {
-      await output.flush();
-    } catch (error) {
-      throw targetError(error);
+    if (options.flush) {
+      try {
+        await output.flush();
+      } catch (error) {
+        throw targetError(error);
+      }
     }
     progress.set(100);
   } finally {
@@ -273,11 +287,6 @@ async function writeOut(
   }
 }
 
-function sectorIsZero(bytes: Uint8Array, start: number, end: number): boolean {
-  for (let i = start; i < end; i += 1) if (bytes[i] !== 0) return false;
-  return true;
-}
-
 /**
  * Writes `chunk` at `offset`, leaving out runs of zero sectors at least `minSparse` bytes long
  * (the target reads zeros there already); `minSparse` 0 writes everything.
@@ -293,11 +302,12 @@ async function writeChunk(
     await writeOut(output, chunk, offset, targetError);
     return;
   }
+  if (isZero(chunk)) return;
   let spanStart = 0; // start of the bytes not yet written or skipped
   let zeroStart = -1;
   for (let s = 0; s < chunk.length; s += SECTOR) {
     const e = Math.min(s + SECTOR, chunk.length);
-    if (sectorIsZero(chunk, s, e)) {
+    if (isZero(chunk, s, e)) {
       if (zeroStart < 0) zeroStart = s;
       continue;
     }
