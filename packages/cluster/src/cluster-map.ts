@@ -265,7 +265,14 @@ export class ClusterMap {
       return -1;
     }
     if ((hi & ABOVE_2_53_HI) !== 0) {
-      throw corrupt(`${this.#l1Where(l1Index)}: L2 table offset ${hex16(hi & OFFSET_MASK_HI, lo & OFFSET_MASK_LO)} exceeds 2^53`);
+      if (((lo & OFFSET_MASK_LO) >>> 0) % this.clusterSize !== 0 || this.#strict) {
+        throw corrupt(
+          `${this.#l1Where(l1Index)}: L2 table offset ${hex16(hi & OFFSET_MASK_HI, lo & OFFSET_MASK_LO)} ${this.#strict ? 'exceeds 2^53' : 'is not cluster-aligned'}`,
+        );
+      }
+      // Past the end of any file: qemu reads the table as zeros, so nothing here is allocated.
+      setRun(run, 'unallocated', offset, Math.min(offset + maxLength, (l1Index + 1) * this.l1Span) - offset, -1, 0);
+      return -1;
     }
     const l2Offset = (hi & OFFSET_MASK_HI) * TWO_POW_32 + ((lo & OFFSET_MASK_LO) >>> 0);
     if (l2Offset % this.clusterSize !== 0) {
@@ -350,7 +357,15 @@ export class ClusterMap {
     let host = -1;
     if (hasHost) {
       if ((hi & ABOVE_2_53_HI) !== 0) {
-        throw corrupt(`${l2Where(l2Offset, l2Index)}: host offset ${hex16(hi & OFFSET_MASK_HI, lo & OFFSET_MASK_LO)} exceeds 2^53`);
+        const where = `${l2Where(l2Offset, l2Index)}: host offset ${hex16(hi & OFFSET_MASK_HI, lo & OFFSET_MASK_LO)}`;
+        if (((lo & OFFSET_MASK_LO) >>> 0) % clusterSize !== 0) throw corrupt(`${where} is not cluster-aligned`);
+        if (dataFile) throw corrupt(`${where} does not match the guest offset ${hex(clusterStart)} (external data file)`);
+        if (this.#strict) throw corrupt(`${where} exceeds 2^53`);
+        // Past the end of any file: qemu reads zeros there. One entry at a time.
+        const count = extended ? subclusterRunLength(type, bitmapHi, bitmapLo, sc) : 1;
+        const end = extended ? clusterStart + (sc + count) * this.subclusterSize : clusterStart + clusterSize;
+        setRun(run, type === SUBCLUSTER_UNALLOCATED_ALLOC ? 'unallocated' : 'zero', offset, Math.min(end, limit) - offset, -1, 0);
+        return;
       }
       host = (hi & OFFSET_MASK_HI) * TWO_POW_32 + ((lo & OFFSET_MASK_LO) >>> 0);
       if (host % clusterSize !== 0) {

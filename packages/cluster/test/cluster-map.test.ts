@@ -358,9 +358,11 @@ async function lookupError(
 describe('ClusterMap refuses what qemu refuses when it reads, naming the table and the index', () => {
   it.each([
     ['an L2 table offset that is not cluster-aligned', rawFixture([], { clusterBits: 10, l1Entry: [0, 0x600] }), 0, {}, /L1 entry at 0x0 index 0: L2 table offset 0x600 is not cluster-aligned/],
-    ['an L2 table offset above 2^53', rawFixture([], { l1Entry: [0x0020_0000, 0x200] }), 0, {}, /L1 entry at 0x0 index 0: L2 table offset .* exceeds 2\^53/],
+    ['an L2 table offset above 2^53 (strict)', rawFixture([], { l1Entry: [0x0020_0000, 0x200] }), 0, { strict: true }, /L1 entry at 0x0 index 0: L2 table offset .* exceeds 2\^53/],
+    ['an L2 table offset above 2^53, not cluster-aligned', rawFixture([], { clusterBits: 10, l1Entry: [0x0020_0000, 0x200] }), 0, {}, /L1 entry at 0x0 index 0: L2 table offset 0x0020000000000200 is not cluster-aligned/],
     ['a host offset that is not cluster-aligned', rawFixture([[0, 0], [0x8000_0000, 0x50200]], { clusterBits: 10 }), 1024, {}, /L2 entry at 0x400 index 1: host offset 0x50200 is not cluster-aligned/],
-    ['a host offset above 2^53', rawFixture([[0x0020_0000, 0x200]]), 0, {}, /L2 entry at 0x200 index 0: host offset .* exceeds 2\^53/],
+    ['a host offset above 2^53 (strict)', rawFixture([[0x0020_0000, 0x200]]), 0, { strict: true }, /L2 entry at 0x200 index 0: host offset .* exceeds 2\^53/],
+    ['a host offset above 2^53, not cluster-aligned', rawFixture([[0x0020_0000, 0x200]], { clusterBits: 10 }), 0, {}, /L2 entry at 0x400 index 0: host offset 0x0020000000000200 is not cluster-aligned/],
     ['a zero flag in a version 2 image', rawFixture([[0, 1]]), 0, { version: 2 }, /L2 entry at 0x200 index 0: zero cluster entry/],
     ['an external data file offset other than the guest offset', rawFixture([[0x8000_0000, 0x400]]), 0, { externalDataFile: true }, /L2 entry at 0x200 index 0: external data file host offset 0x400 does not match the guest offset 0x0/],
     ['a compressed cluster with an external data file', rawFixture([[0x4000_0000, 0x400]]), 0, { externalDataFile: true }, /L2 entry at 0x200 index 0: compressed cluster in an image with an external data file/],
@@ -393,6 +395,21 @@ describe('ClusterMap refuses what qemu refuses when it reads, naming the table a
     expect(((await lookupError(tablePastEnd, 0, { strict: true })) as Error).message).toMatch(
       /L1 entry at 0x0 index 0: L2 table offset 0x2000 is past the end of the file/,
     );
+  });
+
+  it('reads offsets of 2^53 and more as past the end of the file, as qemu does (zeros), unless strict', async () => {
+    const l1Huge = rawFixture([], { l1Entry: [0x0100_0000, 0x200] });
+    const hostHuge = rawFixture([[0x8080_0000, 0x200], [0x8000_0000, 0x400]]);
+    const run = async (fixture: typeof l1Huge): Promise<[string, number, number, number][]> => {
+      const map = createClusterMap({ clusterBits: 9, l1: createL1Table(fixture.file, 0, 1), l2Cache: cacheOver(fixture.file, 512) });
+      return (await map.runs(0, 3 * 512)).map((r) => [r.kind, r.offset, r.length, r.hostOffset]);
+    };
+    expect(await run(l1Huge)).toEqual([['unallocated', 0, 1536, -1]]);
+    expect(await run(hostHuge)).toEqual([
+      ['zero', 0, 512, -1],
+      ['data', 512, 512, 0x400],
+      ['unallocated', 1024, 512, -1],
+    ]);
   });
 
   it('with an external data file, offset 0 with COPIED is data at host offset 0', async () => {

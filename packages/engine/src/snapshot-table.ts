@@ -79,7 +79,18 @@ export async function readSnapshotTable(
     // Decode a copy whose L1 fields are zeroed: their checks belong to opening the snapshot.
     const copy = buffer.slice(p, p + length);
     copy.fill(0, 0, 12);
+    // The 64-bit VM state and disk sizes are information only: qemu opens an image whatever
+    // they hold, so values of 2^53 and more are kept rounded instead of refused.
+    const large: (number | undefined)[] = [];
+    for (const [index, field] of [[0, 40], [1, 48]] as const) {
+      if (extra >= field - 40 + 8 && raw.getUint32(field) > 0x1f_ffff) {
+        large[index] = Number(raw.getBigUint64(field));
+        copy.fill(0, field, field + 8);
+      }
+    }
     const { entry } = decodeSnapshotEntry(copy, 0, { tableOffset: at });
+    if (large[0] !== undefined) entry.vmStateSizeLarge = large[0];
+    if (large[1] !== undefined) entry.diskSize = large[1];
     out.push({ entry, l1OffsetHi, l1OffsetLo, l1Size });
     at += length;
   }
