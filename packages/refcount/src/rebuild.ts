@@ -27,8 +27,10 @@ export interface RebuildResult {
   readonly tableClusters: number;
   /** The new table as written (entries big-endian). */
   readonly table: Uint8Array;
-  /** Refcount blocks written. */
+  /** Refcount blocks written (a block written twice counts twice). */
   readonly blocks: number;
+  /** Places the table was put at: more than 1 when placing it made the table grow. */
+  readonly tablePlacements: number;
 }
 
 /** Sorted, merged cluster ranges with a binary-search membership test. */
@@ -217,5 +219,5 @@ export async function rebuildRefcountStructure(options: RebuildOptions): Promise
     throw ioError(error, `rebuild: switching the header to the new refcount table at ${hex(tableOffset)} failed`);
   }
   await flushStorage(storage, 'header');
-  return { tableOffset, tableClusters, table: bytes, blocks: blocksWritten };
+  return { tableOffset, tableClusters, table: bytes, blocks: blocksWritten, tablePlacements: released.length + 1 };
 }

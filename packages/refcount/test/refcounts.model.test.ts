@@ -322,8 +322,7 @@ function commands(cs: number): fc.Arbitrary<Iterable<Cmd>> {
   // Keep the tags written into allocated clusters within ~64 MiB of memory storage.
   const span = Math.min(6000, Math.floor(2 ** 26 / cs));
   const big = Math.max(2, Math.min(700, Math.floor(span / 8)));
-  return fc.commands<Model, Real>(
-    [
+  const list: fc.Arbitrary<Cmd>[] = [
       fc.integer({ min: 1, max: Math.min(40, big) }).map((n) => new AllocClusters(n)),
       fc.integer({ min: Math.ceil(big / 7), max: big }).map((n) => new AllocClusters(n)),
       fc.tuple(fc.nat({ max: span }), fc.integer({ min: 1, max: 30 }), fc.boolean()).map(([at, n, near]) => new AllocAt(at, n, near)),
@@ -334,9 +333,8 @@ function commands(cs: number): fc.Arbitrary<Iterable<Cmd>> {
       fc.tuple(fc.double({ min: 0, max: 1.5, noNaN: true }), fc.integer({ min: 1, max: 100 })).map(([f, n]) => new Jump(f, n)),
       fc.constant(new Flush()),
       fc.constant(new Reopen()),
-    ],
-    { maxCommands: 60 },
-  );
+  ];
+  return fc.commands(list, { maxCommands: 60 });
 }
 
 async function runModel(clusterBits: number, order: number, cacheEntries: number, cmds: Iterable<Cmd>): Promise<void> {
