@@ -247,8 +247,14 @@ export class Qcow2Image implements Image {
   /** Appends the extents of [offset, offset + length) at `depth` (this image's depth in a chain). */
   async collectExtents(offset: number, length: number, depth: number, list: ExtentList): Promise<void> {
     const parts = this.#parts;
-    for (const run of await this.#map.runs(offset, length)) {
-      const name = parts.name;
+    const map = this.#map;
+    const name = parts.name;
+    const run = createRun();
+    const end = offset + length;
+    // Run by run into the list (which merges), so memory follows the answer, not the image.
+    for (let at = offset; at < end; at += run.length) {
+      if (!map.lookupCached(at, end - at, run)) await map.lookup(at, end - at, run);
+      if (!(run.length > 0)) throw corrupt(`${this.#what}: empty mapping at guest offset ${hex(at)}`);
       switch (run.kind) {
         case 'data':
           list.push({ offset: run.offset, length: run.length, kind: 'data', depth, hostOffset: run.hostOffset }, parts.dataName);
