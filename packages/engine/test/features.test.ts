@@ -110,6 +110,47 @@ describeWithQemu('internal snapshots, external data files, dirty images, huge sp
     expect((noResolver as Error).message).toMatch(new RegExp(`external data file '${base}.raw'`));
   });
 
+  it('reports what qemu-img info reports: format-specific data, backing file and format, cluster size', async () => {
+    const cwd = process.cwd();
+    process.chdir(tmp.dir);
+    try {
+      const variants: [string, string[]][] = [
+        ['info-v2.qcow2', ['-o', 'compat=0.10,cluster_size=4k']],
+        ['info-v3.qcow2', ['-o', 'lazy_refcounts=on,refcount_bits=64,compression_type=zstd']],
+        ['info-ext.qcow2', ['-o', 'extended_l2=on,data_file=info-ext.data,data_file_raw=on,refcount_bits=1']],
+        ['info-backed.qcow2', ['-b', 'info-v2.qcow2', '-F', 'qcow2']],
+      ];
+      for (const [name, args] of variants) {
+        qemuImg(['create', '-q', '-f', 'qcow2', ...args, name, String(3 * M)]);
+      }
+      qemuImg(['bitmap', '--add', 'info-v3.qcow2', 'first']);
+      qemuImg(['bitmap', '--add', '-g', '512k', '--disable', 'info-v3.qcow2', 'second']);
+      for (const [name] of variants) {
+        const info = qemuInfo(name) as {
+          'cluster-size': number;
+          'virtual-size': number;
+          'backing-filename'?: string;
+          'backing-filename-format'?: string;
+          'format-specific': { data: Record<string, unknown> };
+          'dirty-flag': boolean;
+        };
+        const image = await openFile(name);
+        try {
+          expect(image.formatSpecific, name).toEqual(info['format-specific'].data);
+          expect(image.clusterSize).toBe(info['cluster-size']);
+          expect(image.virtualSize).toBe(info['virtual-size']);
+          expect(image.backingFile).toBe(info['backing-filename']);
+          expect(image.backingFormat).toBe(info['backing-filename-format']);
+          expect(image.dirty).toBe(info['dirty-flag']);
+        } finally {
+          await image.close();
+        }
+      }
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
   it('opens an image left dirty by a killed qemu-io (lazy refcounts) read-only, and reads it as qemu does', async () => {
     const file = path('dirty.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on,cluster_size=4k', file, String(2 * M)]);
