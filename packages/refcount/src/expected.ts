@@ -19,17 +19,16 @@ export interface ExpectedRefcountsOptions {
    * reported.
    */
   readonly refcounts?: Refcounts;
-  /**
-   * References to clusters at or past this index are reported, not counted, so a corrupt
-   * offset cannot make the counts huge. Default: the file's clusters + 2^22.
-   */
-  readonly maxClusters?: number;
 }
 
 export type ReferenceProblemKind =
   /** The cluster already has refcount_max references (qemu: "overflow cluster offset"). */
   | 'overflow'
-  /** The reference points at or past `maxClusters`, or is not an offset. */
+  /**
+   * The referenced range ends a cluster or more past the end of the file (qemu: "counting
+   * reference for region exceeding the end of the file by one cluster or more"), or is not a
+   * byte range. Not counted.
+   */
   | 'out-of-range'
   /** A refcount table entry cannot be used. */
   | 'refcount-table-entry'
@@ -65,7 +64,9 @@ const MAX_LISTED_PROBLEMS = 1000;
  * (offset, l1Size × 8); each L2 table they point to (once per L1 entry); each allocated data
  * cluster (normal and preallocated zero entries: offset, clusterSize; compressed entries: the
  * sectors they span); the snapshot table; the crypto header; bitmap directory, tables and data.
- * The refcount structure is added when `options.refcounts` is given.
+ * The refcount structure is added when `options.refcounts` is given. As in qemu, a range that
+ * ends a cluster or more past the end of the file is reported, not counted, so the counts never
+ * cover more than the file (plus the cluster it ends in).
  */
 export async function computeExpectedRefcounts(
   options: ExpectedRefcountsOptions,
@@ -79,11 +80,7 @@ export async function computeExpectedRefcounts(
   const counts = new RefcountArray(clusterBits, refcountOrder);
   const cs = 2 ** clusterBits;
   const fileClusters = Math.ceil(fileSize / cs);
-  const maxClusters = options.maxClusters ?? fileClusters + 2 ** 22;
-  if (!Number.isSafeInteger(maxClusters) || maxClusters < 0) {
-    throw invalidArgument(`expected refcounts: maxClusters ${String(maxClusters)} is not a count`);
-  }
-  counts.resize(Math.min(fileClusters, maxClusters));
+  counts.resize(fileClusters);
   const problems: ReferenceProblem[] = [];
   let problemCount = 0;
   let rebuildNeeded = false;
@@ -98,13 +95,17 @@ export async function computeExpectedRefcounts(
       report('out-of-range', Number.isSafeInteger(offset) ? offset : 0, `${what}: range ${String(offset)}+${String(length)} is not a host byte range`);
       return;
     }
+    if (offset + length - fileSize >= cs) {
+      report(
+        'out-of-range',
+        offset,
+        `${what}: counting reference for region exceeding the end of the file by one cluster or more: offset ${hex(offset)} size ${hex(length)}`,
+      );
+      return;
+    }
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
     for (let c = first; c <= last; c++) {
-      if (c >= maxClusters) {
-        report('out-of-range', c * cs, `${what}: cluster ${c} (host offset ${hex(c * cs)}) is past the ${maxClusters}-cluster limit of the check`);
-        return;
-      }
       if (!counts.increment(c)) {
         report('overflow', c * cs, `${what}: overflow cluster offset ${hex(c * cs)} (more than ${counts.max} references)`);
       }

@@ -30,6 +30,10 @@ async function populated(clusterBits: number, order: number, sizes: number[], fr
     used.delete(c);
   }
   await rc.flush();
+  // The data clusters are not written: make the file reach the last one, as a real image does.
+  let end = 0;
+  for (const c of used.keys()) end = Math.max(end, (c + 1) * cs);
+  if ((await image.storage.size()) < end) await image.storage.truncate(end);
   return { image, rc, used };
 }
 
@@ -175,11 +179,11 @@ describe('compare and fix', () => {
       const { image, rc } = await populated(9, order, [4], []);
       const blockOffset = rc.blockOffset(0);
       const expected = await computeExpectedRefcounts(
-        { clusterBits: 9, refcountOrder: order, fileSize: await image.storage.size(), refcounts: rc, maxClusters: 1000 },
+        { clusterBits: 9, refcountOrder: order, fileSize: await image.storage.size(), refcounts: rc },
         (add) => {
           add(3 * 512, 512, 'L2 entry');
           add(3 * 512, 512, 'L2 entry');
-          add(5000 * 512, 512, 'L2 entry');
+          add(5000 * 512, 512, 'L2 entry'); // past the end of the file
           add(blockOffset, 512, 'L1 entry');
         },
       );
