@@ -81,6 +81,8 @@ class NodeFile implements NodeStorage {
   readonly #handle: FileHandle;
   readonly #fd: number;
   #closed = false;
+  #readLabel: string | undefined;
+  #writeLabel: string | undefined;
   /** True until the directory entry of a file this storage created has been made durable. */
   #syncDirectory: boolean;
 
@@ -94,8 +96,8 @@ class NodeFile implements NodeStorage {
 
   async read(dst: Uint8Array, offset: number): Promise<number> {
     this.#open('read');
-    checkBytes(this.#what('read'), dst);
-    checkRange(this.#what('read'), offset, dst.length);
+    checkBytes(this.#readWhat, dst);
+    checkRange(this.#readWhat, offset, dst.length);
     let done = 0;
     try {
       while (done < dst.length) {
@@ -111,8 +113,8 @@ class NodeFile implements NodeStorage {
 
   async write(src: Uint8Array, offset: number): Promise<void> {
     this.#writable('write');
-    checkBytes(this.#what('write'), src);
-    checkRange(this.#what('write'), offset, src.length);
+    checkBytes(this.#writeWhat, src);
+    checkRange(this.#writeWhat, offset, src.length);
     let done = 0;
     try {
       while (done < src.length) {
@@ -168,6 +170,15 @@ class NodeFile implements NodeStorage {
     } catch (error) {
       throw nodeFsError('close', this.path, error);
     }
+  }
+
+  // Built once, not per call: read and write are the hot path.
+  get #readWhat(): string {
+    return (this.#readLabel ??= this.#what('read'));
+  }
+
+  get #writeWhat(): string {
+    return (this.#writeLabel ??= this.#what('write'));
   }
 
   #what(op: string): string {

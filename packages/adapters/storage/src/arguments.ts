@@ -46,6 +46,9 @@ export function checkSize(what: string, size: number): void {
  * passes). Throws Qcow2Error 'INVALID_ARGUMENT' otherwise.
  */
 export function checkBytes(what: string, value: unknown): asserts value is Uint8Array {
+  // instanceof first: the hot path costs one prototype check; the tag check accepts a Uint8Array
+  // from another realm (a worker, a vm context).
+  if (value instanceof Uint8Array) return;
   if (!ArrayBuffer.isView(value) || Object.prototype.toString.call(value) !== '[object Uint8Array]') {
     throw invalidArgument(`${what}: expected a Uint8Array, got ${value === null ? 'null' : typeof value}`);
   }
