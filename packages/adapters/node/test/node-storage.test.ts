@@ -7,7 +7,12 @@ import { describeWithQemu, makeTempDir, qemuImg, qemuIo } from '@qcow2/test-util
 
 vi.mock('node:fs', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs')>();
-  return { ...real, fdatasyncSync: vi.fn(real.fdatasyncSync), fsyncSync: vi.fn(real.fsyncSync) };
+  return {
+    ...real,
+    fdatasyncSync: vi.fn(real.fdatasyncSync),
+    fsyncSync: vi.fn(real.fsyncSync),
+    readvSync: vi.fn(real.readvSync),
+  };
 });
 
 const tmp = makeTempDir('qcow2-node-storage-');
@@ -156,5 +161,55 @@ describeWithQemu('createNodeStorage against qemu-io', () => {
     const out = qemuIo(['-f', 'raw', '-c', 'read -P 0x5c 200000 8192', '-c', 'read -P 0 208192 4096', path]);
     expect(out).not.toMatch(/Pattern verification failed/);
     expect(out.match(/read \d+\/\d+ bytes/g)).toHaveLength(2);
+  });
+});
+
+describe('createNodeStorage: reads batched per tick', () => {
+  it('serves file-contiguous reads issued in one tick with one readv, each getting its own bytes and count', async () => {
+    const path = freshPath();
+    const bytes = new Uint8Array(10 * 4096 + 100);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + (i >> 12)) & 0xff;
+    fs.writeFileSync(path, bytes);
+    const storage = await createNodeStorage(path, { readOnly: true });
+    const readv = vi.mocked(fs.readvSync);
+    readv.mockClear();
+    // 12 contiguous 4 KiB reads: the 11th is short (100 bytes), the 12th is past the end.
+    const dsts = Array.from({ length: 12 }, () => new Uint8Array(4096).fill(0xee));
+    const counts = await Promise.all(dsts.map((d, i) => storage.read(d, i * 4096)));
+    expect(readv).toHaveBeenCalledTimes(1);
+    expect(counts).toEqual([...Array(10).fill(4096), 100, 0]);
+    for (let i = 0; i < 10; i++) expect(dsts[i]).toEqual(bytes.subarray(i * 4096, (i + 1) * 4096));
+    expect(dsts[10]!.subarray(0, 100)).toEqual(bytes.subarray(40960));
+    expect(dsts[10]!.subarray(100).every((b) => b === 0xee)).toBe(true); // the rest of dst untouched
+    expect(dsts[11]!.every((b) => b === 0xee)).toBe(true);
+    await storage.close();
+  });
+
+  it('keeps program order: a read issued before a write of the same range sees the old bytes', async () => {
+    const path = freshPath();
+    fs.writeFileSync(path, new Uint8Array(8192).fill(1));
+    const storage = await createNodeStorage(path);
+    const before = new Uint8Array(8192);
+    const reading = storage.read(before, 0);
+    const writing = storage.write(new Uint8Array(8192).fill(2), 0);
+    const after = new Uint8Array(8192);
+    const readingAfter = storage.read(after, 0);
+    await Promise.all([reading, writing, readingAfter]);
+    expect(before.every((b) => b === 1)).toBe(true);
+    expect(after.every((b) => b === 2)).toBe(true);
+    await storage.close();
+  });
+
+  it('close serves the reads queued before it; reads after close reject CLOSED', async () => {
+    const path = freshPath();
+    fs.writeFileSync(path, new Uint8Array(4096));
+    const storage = await createNodeStorage(path);
+    const dst = new Uint8Array(4096);
+    const reading = storage.read(dst, 0);
+    const closing = storage.close();
+    // close serves the queue first: the read issued before it completes.
+    await expect(reading).resolves.toBe(4096);
+    await closing;
+    expect((await rejection(storage.read(dst, 0))).code).toBe('CLOSED');
   });
 });
