@@ -84,6 +84,7 @@ try {
     for (let off = 0; off < img.virtualSize; off += reqSize) await img.read(buf, off);
     const engineMs = performance.now() - t;
     await img.close();
+    await s1.close(); // the engine closes only what it opened itself
     const s2 = await createNodeStorage(image, { readOnly: true });
     t = performance.now();
     for (let off = 0; off < sizeMiB * 1024 * 1024; off += reqSize) await s2.read(buf, off);
