@@ -1,9 +1,12 @@
 /**
  * Unchecked refcount entry access for the hot loops of this package (scans, allocation, walks):
- * the caller guarantees 0 ≤ index < entries of `bytes` and 0 ≤ value ≤ the width's maximum.
+ * the caller guarantees 0 ≤ index < entries of `bytes`. A 64-bit refcount above 2^53 is refused
+ * (CORRUPT), as by getRefcount.
  * Same layout as @qcow2/format's getRefcount/setRefcount (sub-byte entries from the least
  * significant bit; wider entries big-endian).
  */
+
+import { corrupt } from '@qcow2/format';
 
 const TWO_POW_32 = 0x1_0000_0000;
 
@@ -29,8 +32,9 @@ export function readEntry(bytes: Uint8Array, index: number, order: number): numb
       const at = index * 8;
       const hi = ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
       const lo = ((bytes[at + 4]! << 24) | (bytes[at + 5]! << 16) | (bytes[at + 6]! << 8) | bytes[at + 7]!) >>> 0;
-      // Values above 2^53 read as 2^53 - 1 + 1 would round: callers of this fast path only
-      // compare with 0 or with values they wrote; the checked path (getRefcount) refuses them.
+      if (hi > 0x1f_ffff) {
+        throw corrupt(`refcount block index ${index}: 64-bit refcount 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} exceeds 2^53`);
+      }
       return hi * TWO_POW_32 + lo;
     }
   }

@@ -8,6 +8,7 @@ import {
   refcountMax,
   setRefcount,
 } from '@qcow2/format';
+import { readEntry } from './entries.js';
 
 /** The most bytes a RefcountArray holds (2 GiB): 2^34 clusters at 1 bit, 2^28 at 64 bits. */
 export const MAX_REFCOUNT_ARRAY_BYTES: number = 2 ** 31;
@@ -100,11 +101,11 @@ export class RefcountArray {
 
   /** The refcount of `cluster`; 0 past the end. */
   get(cluster: number): number {
-    if (cluster >= this.#clusters) {
-      this.#checkCluster(cluster);
-      return 0;
+    if (cluster >= 0 && cluster < this.#clusters && Number.isInteger(cluster)) {
+      return readEntry(this.#bytes, cluster, this.refcountOrder);
     }
-    return getRefcount(this.#bytes, cluster, this.refcountOrder);
+    this.#checkCluster(cluster);
+    return 0;
   }
 
   /** Sets the refcount of `cluster` (0..max), growing the array when needed. */
@@ -159,7 +160,7 @@ export class RefcountArray {
           if (c >= stop) return end;
         }
       }
-      if (getRefcount(bytes, c, order) !== 0) return c;
+      if (readEntry(bytes, c, order) !== 0) return c;
       c++;
     }
     return end;

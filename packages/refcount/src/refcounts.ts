@@ -18,6 +18,7 @@ import {
 import type { Storage } from '@qcow2/storage';
 import { checkDiscardType, type DiscardPolicy, DiscardQueue, type DiscardRegion, type DiscardType, resolveDiscardPolicy } from './discard.js';
 import { flushStorage, ioError, readZeroPadded, writeAt, writeRefcountTableHeaderFields } from './io.js';
+import { readEntry } from './entries.js';
 import { SerialQueue } from './lock.js';
 import { refcountMetadataSize } from './metadata-size.js';
 import { RefcountArray } from './refcount-array.js';
@@ -321,7 +322,7 @@ export class Refcounts {
         }
         try {
           for (; c < stop; c++) {
-            visit(c, block < 0 ? -1 : entry === undefined ? 0 : getRefcount(entry.bytes, c - base, order));
+            visit(c, block < 0 ? -1 : entry === undefined ? 0 : readEntry(entry.bytes, c - base, order));
           }
         } finally {
           if (entry !== undefined) this.cache.release(entry);
@@ -556,10 +557,10 @@ export class Refcounts {
     if (block === 0) return 0;
     const at = cluster - index * this.blockEntries;
     const cached = this.cache.peek(block);
-    if (cached !== undefined) return getRefcount(cached.bytes, at, this.refcountOrder);
+    if (cached !== undefined) return readEntry(cached.bytes, at, this.refcountOrder);
     const entry = await this.cache.acquire(block);
     try {
-      return getRefcount(entry.bytes, at, this.refcountOrder);
+      return readEntry(entry.bytes, at, this.refcountOrder);
     } finally {
       this.cache.release(entry);
     }
@@ -588,7 +589,7 @@ export class Refcounts {
       let i = c;
       try {
         for (; i < end && run < count; i++) {
-          if ((avoid.length > 0 && inAvoid(i, avoid)) || (entry !== undefined && getRefcount(entry.bytes, i - base, order) !== 0)) {
+          if ((avoid.length > 0 && inAvoid(i, avoid)) || (entry !== undefined && readEntry(entry.bytes, i - base, order) !== 0)) {
             run = 0;
           } else {
             run++;
