@@ -164,7 +164,8 @@ export class Refcounts {
 
   /**
    * Loads the refcount table described by the header fields in `options` (qemu's
-   * qcow2_refcount_init). The table size is checked against qemu's 8 MiB limit before anything
+   * qcow2_refcount_init). An image without a table (0 clusters) is refused (CORRUPT): use
+   * `rebuildRefcountStructure` to give it one. The table size is checked against qemu's 8 MiB limit before anything
    * is allocated; parts of the table past the end of the file read as zeros. Table entries with
    * reserved bits set are used with those bits masked (as qemu does); entries that are not
    * cluster-aligned or lie above 2^53 are kept but refused (CORRUPT) when used. Both are listed
@@ -183,6 +184,10 @@ export class Refcounts {
     const clusterSize = 2 ** clusterBits;
     if (!isSize(tableOffset)) throw invalidArgument(`refcount table offset ${String(tableOffset)} is not an offset`);
     if (!isSize(tableClusters)) throw invalidArgument(`refcount table clusters ${String(tableClusters)} is not a count`);
+    if (tableClusters === 0) {
+      // Everything would look free, the header included (qemu refuses to open such an image).
+      throw corrupt('image does not contain a reference count table (refcount_table_clusters is 0)');
+    }
     if (tableOffset % clusterSize !== 0) {
       throw corrupt(`refcount table offset ${hex(tableOffset)} is not cluster-aligned (cluster size ${clusterSize})`);
     }

@@ -30,6 +30,10 @@ describe('Refcounts.open', () => {
       code: 'CORRUPT',
       message: expect.stringMatching(/129 clusters .* exceed qemu's 8388608-byte limit/),
     });
+    expect(await rejection(Refcounts.open({ ...base, tableClusters: 0 }))).toMatchObject({
+      code: 'CORRUPT',
+      message: expect.stringMatching(/does not contain a reference count table/),
+    });
     expect((await rejection(Refcounts.open({ ...base, refcountOrder: 7 }))).code).toBe('INVALID_ARGUMENT');
     expect((await rejection(Refcounts.open({ ...base, clusterBits: 22 }))).code).toBe('INVALID_ARGUMENT');
     expect((await rejection(Refcounts.open({ ...base, tableClusters: -1 }))).code).toBe('INVALID_ARGUMENT');
