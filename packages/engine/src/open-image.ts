@@ -18,7 +18,7 @@ interface Chain {
 }
 
 /**
- * Opens an image (read-only): the format is probed unless given; a qcow2 image is checked as
+ * Opens an image (read-only unless `readOnly: false`): the format is probed unless given; a qcow2 image is checked as
  * qemu checks it on open, and its backing chain opened through `options.resolver` (relative
  * names against the naming image's `name`, as qemu combines them; the backing format from the
  * image's extension, else probed; loops and chains deeper than `maxBackingDepth` refused).
@@ -26,8 +26,8 @@ interface Chain {
  * opened (backing files, external data file), not it.
  */
 export async function openImage(storage: Storage, options: OpenOptions = {}): Promise<Image> {
-  if (options.readOnly === false) {
-    throw unsupported('opening an image for writing is not supported yet (readOnly: false)');
+  if (options.readOnly === false && storage.readOnly) {
+    throw new Qcow2Error('READ_ONLY', `${options.name ?? 'image'}: cannot open for writing, the storage is read-only`);
   }
   const maxDepth = options.maxBackingDepth ?? DEFAULT_MAX_BACKING_DEPTH;
   if (!Number.isInteger(maxDepth) || maxDepth < 0) {
@@ -40,7 +40,10 @@ export async function openImage(storage: Storage, options: OpenOptions = {}): Pr
 
 async function openLayer(storage: Storage, options: OpenOptions, chain: Chain): Promise<Image> {
   const format: ImageFormat = options.format ?? (await probeFormat(storage));
-  if (format === 'raw') return new RawImage(storage, await storage.size(), options.name);
+  if (format === 'raw') {
+    const write = options.readOnly === false ? { unmap: options.discard === 'unmap', unsafe: options.cacheMode === 'unsafe' } : undefined;
+    return new RawImage(storage, await storage.size(), options.name, write);
+  }
   if (format !== 'qcow2') throw unsupported(`image format ${JSON.stringify(format)} is not supported (qcow2 and raw are)`);
   return openQcow2(storage, options, (name, backingFormat) => openBacking(name, backingFormat, options, chain));
 }
@@ -86,7 +89,8 @@ async function openBacking(
     names: new Set([...chain.names, key]),
     storages: new Set([...chain.storages, storage]),
   };
-  const childOptions: OpenOptions = { ...options, name: combined };
+  // Backing files are only read.
+  const childOptions: OpenOptions = { ...options, name: combined, readOnly: true };
   if (format === undefined) delete childOptions.format;
   else childOptions.format = format;
   let image: Image;

@@ -1,5 +1,5 @@
 import { createTableCache, resolveCacheConfig, type CacheConfigOptions, type TableCache } from '@qcow2/cache';
-import { createClusterMap, loadL1Table, readFully } from '@qcow2/cluster';
+import { ActiveL1Table, createClusterMap, createClusterWriter, loadL1Table, readFully, type L1Table } from '@qcow2/cluster';
 import { getCodec, type ClusterCodec } from '@qcow2/compress';
 import {
   AUTOCLEAR_BITMAPS,
@@ -16,6 +16,7 @@ import {
   HEADER_CLUSTER_SIZE_PROBE,
   INCOMPAT_CORRUPT,
   INCOMPAT_DATA_FILE,
+  invalidArgument,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTENDED_L2,
   isQcow2Error,
@@ -29,9 +30,13 @@ import {
   type HeaderExtension,
   type Qcow2Header,
 } from '@qcow2/format';
+import { openRefcounts, type DiscardPolicy, type Refcounts } from '@qcow2/refcount';
 import type { Storage } from '@qcow2/storage';
 import { combineName } from './backing-name.js';
 import { Qcow2Image, type Qcow2Parts } from './qcow2-image.js';
+import { Qcow2Writable, withoutFlush } from './qcow2-writable.js';
+import { ReadEpochs } from './read-epochs.js';
+import { layoutOf, repairRefcounts } from './refcount-check.js';
 import { readSnapshotTable, type StoredSnapshot } from './snapshot-table.js';
 import type { Image, OpenOptions, SnapshotInfo } from './types.js';
 
@@ -49,9 +54,15 @@ const TWO_POW_32 = 0x1_0000_0000;
  * the storage with their sizes checked first; bytes past the end of the file read as zeros, as
  * qemu reads them.
  */
-export async function openQcow2(storage: Storage, options: OpenOptions, openBacking: BackingOpener): Promise<Image> {
+export async function openQcow2(callerStorage: Storage, options: OpenOptions, openBacking: BackingOpener): Promise<Image> {
   const name = options.name;
   const what = `qcow2 image${name === undefined ? '' : ` ${name}`}`;
+  const writable = options.readOnly === false;
+  const unsafe = options.cacheMode === 'unsafe';
+  if (writable && callerStorage.readOnly) {
+    throw new Qcow2Error('READ_ONLY', `${what}: cannot open for writing, the storage is read-only`);
+  }
+  const storage = writable && unsafe ? withoutFlush(callerStorage) : callerStorage;
 
   const probe = new Uint8Array(HEADER_CLUSTER_SIZE_PROBE);
   await readFully(storage, probe, 0);
@@ -66,13 +77,25 @@ export async function openQcow2(storage: Storage, options: OpenOptions, openBack
   }
   const extendedL2 = (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n;
   const hasDataFile = (header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+  let lazyRefcounts = false;
+  if (writable) {
+    if ((header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+      throw corrupt(`${what}: the image is corrupt (incompatible feature bit 1); cannot be opened read/write`);
+    }
+    lazyRefcounts = options.lazyRefcounts ?? (header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+    if (lazyRefcounts && header.version < 3) {
+      throw invalidArgument(`${what}: lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level`);
+    }
+  }
   // qemu's total_sectors = size / 512, rounding down.
   const virtualSize = header.size - (header.size % 512);
 
   const cacheOptions: CacheConfigOptions = { clusterSize, virtualSize, extendedL2, ...cacheSettings(options) };
   const config = resolveCacheConfig(cacheOptions);
   const fileSize = await storage.size();
-  const l1 = await loadL1Table(storage, header.l1TableOffset, header.l1Size);
+  const loadedL1 = await loadL1Table(storage, header.l1TableOffset, header.l1Size);
+  const activeL1 = writable ? ActiveL1Table.from(loadedL1) : undefined;
+  const l1: L1Table = activeL1 ?? loadedL1;
   const { snapshots: stored, length: snapshotTableLength } = await readSnapshotTable(
     storage,
     header.snapshotsOffset,
@@ -87,6 +110,7 @@ export async function openQcow2(storage: Storage, options: OpenOptions, openBack
 
   const owned: (Storage | Image)[] = [];
   let l2Cache: TableCache | undefined;
+  let refcounts: Refcounts | undefined;
   try {
     let data = storage;
     let dataName = name;
@@ -96,15 +120,23 @@ export async function openQcow2(storage: Storage, options: OpenOptions, openBack
       if (dataFileName === undefined) {
         throw unsupported(`${what}: the image keeps its data in an external data file but does not name it ('data-file' is required for this image)`);
       }
-      if (options.resolver === undefined) {
+      const resolver = (writable ? options.dataFileResolver : undefined) ?? options.resolver;
+      if (resolver === undefined) {
         throw new Qcow2Error('NOT_FOUND', `${what}: external data file '${dataFileName}': no resolver to open it`);
       }
       try {
-        data = await options.resolver(dataFileName, name);
+        data = await resolver(dataFileName, name);
       } catch (error) {
         throw prefixed(`${what}: external data file '${dataFileName}'`, error);
       }
       owned.push(data);
+      if (writable && data.readOnly) {
+        throw new Qcow2Error(
+          'READ_ONLY',
+          `${what}: external data file '${dataFileName}' was opened read-only (pass a dataFileResolver that opens it for writing)`,
+        );
+      }
+      if (writable && unsafe) data = withoutFlush(data);
       dataName = combineName(name, dataFileName);
       dataSize = await data.size();
     }
@@ -135,8 +167,57 @@ export async function openQcow2(storage: Storage, options: OpenOptions, openBack
       dataFileSize: dataSize,
     });
 
+    let writableState: Qcow2Writable | undefined;
+    if (writable) {
+      const refcountCache = createTableCache({
+        storage,
+        capacity: config.refcountCacheSize,
+        entrySize: clusterSize,
+        cleanInterval: config.cacheCleanInterval,
+        name: `${what}: refcount block`,
+      });
+      const unmap = options.discard === 'unmap';
+      const policy: DiscardPolicy = {
+        request: options.passDiscardRequest ?? unmap,
+        snapshot: options.passDiscardSnapshot ?? true,
+        other: options.passDiscardOther ?? false,
+      };
+      try {
+        refcounts = await openRefcounts({
+          storage,
+          clusterBits: header.clusterBits,
+          refcountOrder: header.refcountOrder,
+          tableOffset: header.refcountTableOffset,
+          tableClusters: header.refcountTableClusters,
+          cache: refcountCache,
+          l2Cache,
+          discard: policy,
+        });
+      } catch (error) {
+        refcountCache.dispose();
+        throw error;
+      }
+      writableState = new Qcow2Writable({
+        name,
+        storage,
+        dataFile: hasDataFile ? data : undefined,
+        l2Cache,
+        refcounts,
+        version: header.version,
+        incompatibleFeatures: header.incompatibleFeatures,
+        autoclearFeatures: header.autoclearFeatures,
+        lazyRefcounts,
+      });
+      if ((header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
+        // qemu repairs a dirty image before using it for writing.
+        await repairRefcounts(storage, layoutOf(header, extensions, stored, snapshotTableLength), refcounts, activeL1!);
+        await writableState.markClean();
+      }
+    }
+
     let codec: ClusterCodec | undefined;
     const cache = l2Cache;
+    const ownedRefcounts = refcounts;
     const snapshots = stored.map((s) => snapshotInfo(s, virtualSize));
     const state = { closed: false };
     const parts: Qcow2Parts = {
@@ -165,12 +246,51 @@ export async function openQcow2(storage: Storage, options: OpenOptions, openBack
         return new Qcow2Image(parts, map.withL1(snapshotL1), false);
       },
       release: async () => {
+        ownedRefcounts?.dispose();
+        ownedRefcounts?.cache.dispose();
         cache.dispose();
         await closeAll(owned);
       },
+      writable: writableState,
+      epochs: writableState === undefined ? undefined : new ReadEpochs(),
     };
-    return new Qcow2Image(parts, map, true);
+    const image = new Qcow2Image(parts, map, true);
+    if (writableState !== undefined) {
+      const w = writableState;
+      const extentsOf = (offset: number, length: number): Promise<{ kind: string }[]> => image.extents(offset, length);
+      w.writer = createClusterWriter({
+        map,
+        l1: activeL1!,
+        l2Cache,
+        refcounts: refcounts!,
+        storage,
+        dataStorage: data,
+        version: header.version,
+        virtualSize,
+        externalDataFile: hasDataFile,
+        dataFileRaw: (header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n,
+        hasBacking: backing !== undefined,
+        guest: {
+          read: (dst, offset) => image.read(dst, offset),
+          isZero: async (offset, length) => (await extentsOf(offset, length)).every((e) => e.kind !== 'data'),
+        },
+        compressor: { compress: (src) => parts.codec().compress(src) },
+        unmap: options.discard === 'unmap',
+        discardPolicy: {
+          request: options.passDiscardRequest ?? options.discard === 'unmap',
+          snapshot: options.passDiscardSnapshot ?? true,
+          other: options.passDiscardOther ?? false,
+        },
+        beforeChange: () => w.beforeChange(),
+        beforeFree: () => image.quiesceReads(),
+        accurateRefcounts: () => w.accurateRefcounts(),
+        ...(name === undefined ? {} : { name }),
+      });
+    }
+    return image;
   } catch (error) {
+    refcounts?.dispose();
+    refcounts?.cache.dispose();
     l2Cache?.dispose();
     await closeAll(owned);
     throw error;

@@ -5,6 +5,8 @@ import { corrupt, hex, isQcow2Error, Qcow2Error } from '@qcow2/format';
 import type { Storage } from '@qcow2/storage';
 import { bufferProblem, rangeProblem, rejected } from './arguments.js';
 import { ExtentList } from './extent-list.js';
+import type { Qcow2Writable } from './qcow2-writable.js';
+import type { ReadEpoch, ReadEpochs } from './read-epochs.js';
 import type { Extent, Image, ImageStats, SnapshotInfo } from './types.js';
 
 /** What a qcow2 image view reads through; shared by the image and its snapshot views. */
@@ -34,6 +36,10 @@ export interface Qcow2Parts {
   release: () => Promise<void>;
   /** Shared between the root image and its views: reads fail once the root is closed. */
   state: { closed: boolean };
+  /** Present when the image was opened for writing. */
+  writable?: Qcow2Writable | undefined;
+  /** Reads in flight of a writable image, so freed clusters are reused only after them. */
+  epochs?: ReadEpochs | undefined;
 }
 
 const ignore = (): void => undefined;
@@ -52,7 +58,7 @@ const POOL_LIMIT = 4;
  */
 export class Qcow2Image implements Image {
   readonly format = 'qcow2' as const;
-  readonly readOnly = true;
+  readonly readOnly: boolean;
   readonly virtualSize: number;
   readonly clusterSize: number;
   readonly backingFile?: string;
@@ -60,12 +66,15 @@ export class Qcow2Image implements Image {
   readonly backing?: Image;
   readonly snapshots: readonly SnapshotInfo[];
   readonly formatSpecific: Record<string, unknown>;
-  readonly dirty: boolean;
   readonly #parts: Qcow2Parts;
+  /** The write side (root image opened for writing only). */
+  readonly #writable: Qcow2Writable | undefined;
+  readonly #epochs: ReadEpochs | undefined;
   readonly #map: ClusterMap;
   /** True for the image openImage returned (owns the chain); false for snapshot views. */
   readonly #root: boolean;
   #viewClosed = false;
+  #closing: Promise<void> | undefined;
   /** The fast path's run: filled and read synchronously, never held across an await. */
   readonly #run: MappingRun = createRun();
   readonly #what: string;
@@ -87,8 +96,15 @@ export class Qcow2Image implements Image {
     if (parts.backing !== undefined) this.backing = parts.backing;
     this.snapshots = root ? parts.snapshots : [];
     this.formatSpecific = parts.formatSpecific;
-    this.dirty = parts.dirty;
+    this.#writable = root ? parts.writable : undefined;
+    this.#epochs = root ? parts.epochs : undefined;
+    this.readOnly = this.#writable === undefined;
     this.#what = `qcow2 image${parts.name === undefined ? '' : ` ${parts.name}`}`;
+  }
+
+  /** The dirty bit (lazy refcounts left unflushed) is set. */
+  get dirty(): boolean {
+    return this.#writable?.dirty ?? this.#parts.dirty;
   }
 
   read(dst: Uint8Array, offset: number): Promise<void> {
@@ -98,12 +114,48 @@ export class Qcow2Image implements Image {
     if (bad !== undefined) return rejected(bad);
     const length = dst.length;
     if (length === 0) return RESOLVED;
+    const epochs = this.#epochs;
+    if (epochs === undefined) {
+      try {
+        return this.#readFast(dst, offset, length);
+      } catch (error) {
+        // A bad L1/L2 entry met synchronously: reject, never throw, from a promise-returning call.
+        return rejected(error as Qcow2Error);
+      }
+    }
+    // Writable: the read belongs to an epoch until its I/O is done (see quiesceReads).
+    const epoch = epochs.enter();
+    let promise: Promise<void>;
     try {
-      return this.#readFast(dst, offset, length);
+      promise = this.#readFast(dst, offset, length);
     } catch (error) {
-      // A bad L1/L2 entry met synchronously: reject, never throw, from a promise-returning call.
+      epochs.leave(epoch);
       return rejected(error as Qcow2Error);
     }
+    return promise.then(
+      () => epochs.leave(epoch),
+      (error: unknown) => {
+        epochs.leave(epoch);
+        throw error;
+      },
+    );
+  }
+
+  /**
+   * Resolves once every read (and extents walk) that started before the call is done: host
+   * clusters that lost their last reference are freed only then, so a read never sees them
+   * reused. Also forgets the last decompressed cluster (its host bytes may be reused).
+   */
+  async quiesceReads(): Promise<void> {
+    this.#forgetDecompressed();
+    if (this.#epochs !== undefined) await this.#epochs.quiesce();
+    // A compressed read that was in flight may have kept its cluster meanwhile.
+    this.#forgetDecompressed();
+  }
+
+  #forgetDecompressed(): void {
+    this.#lastCompressedHost = -1;
+    this.#lastCluster = undefined;
   }
 
   /** One storage read (or none) when the request maps to one run and its L2 slice is cached. */
@@ -240,7 +292,12 @@ export class Qcow2Image implements Image {
     const bad = rangeProblem(this.#what, 'extents', offset, length, this.virtualSize);
     if (bad !== undefined) throw bad;
     const list = new ExtentList();
-    await this.collectExtents(offset, length, 0, list);
+    const epoch: ReadEpoch | undefined = this.#epochs?.enter();
+    try {
+      await this.collectExtents(offset, length, 0, list);
+    } finally {
+      if (epoch !== undefined) this.#epochs!.leave(epoch);
+    }
     return list.extents;
   }
 
@@ -312,12 +369,63 @@ export class Qcow2Image implements Image {
     };
   }
 
+  write(src: Uint8Array, offset: number): Promise<void> {
+    const bad = this.#writeProblem('write') ?? bufferProblem(this.#what, 'write', src);
+    if (bad !== undefined) return rejected(bad);
+    return this.#writable!.writer.write(src, offset);
+  }
+
+  writeZeroes(offset: number, length: number, options: { mayUnmap?: boolean } = {}): Promise<void> {
+    const bad = this.#writeProblem('write zeroes');
+    if (bad !== undefined) return rejected(bad);
+    return this.#writable!.writer.writeZeroes(offset, length, options?.mayUnmap === true);
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    const bad = this.#writeProblem('discard');
+    if (bad !== undefined) return rejected(bad);
+    return this.#writable!.writer.discard(offset, length);
+  }
+
+  writeCompressed(src: Uint8Array, offset: number): Promise<void> {
+    const bad = this.#writeProblem('compressed write') ?? bufferProblem(this.#what, 'compressed write', src);
+    if (bad !== undefined) return rejected(bad);
+    return this.#writable!.writer.writeCompressed(src, offset);
+  }
+
+  flush(): Promise<void> {
+    const closed = this.#closedError('flush');
+    if (closed !== undefined) return rejected(closed);
+    return this.#writable === undefined ? RESOLVED : this.#writable.flush();
+  }
+
+  #writeProblem(operation: string): Qcow2Error | undefined {
+    const closed = this.#closedError(operation);
+    if (closed !== undefined) return closed;
+    if (this.#writable === undefined) {
+      return new Qcow2Error('READ_ONLY', `${this.#what}: ${operation}: the image is open read-only`);
+    }
+    return undefined;
+  }
+
   async close(): Promise<void> {
     if (!this.#root) {
       this.#viewClosed = true;
       return;
     }
-    if (this.#parts.state.closed) return;
+    if (this.#parts.state.closed || this.#closing !== undefined) return this.#closing;
+    this.#closing = this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    try {
+      await this.#writable?.close();
+    } catch (error) {
+      this.#parts.state.closed = true;
+      await this.#parts.release().catch(() => undefined);
+      throw error;
+    }
     this.#parts.state.closed = true;
     this.#scratch = [];
     this.#clusters = [];

@@ -3,8 +3,37 @@ import type { StorageResolver } from '@qcow2/storage';
 export type ImageFormat = 'qcow2' | 'raw';
 
 export interface OpenOptions {
-  /** Default true. Only read-only opening exists for now: false is refused with UNSUPPORTED. */
+  /**
+   * Default true. false opens the image for writing (qcow2 and raw): the storage must be
+   * writable, and so must the external data file the resolver (or `dataFileResolver`) opens.
+   * A qcow2 image with the corrupt bit is refused; one with the dirty bit has its refcounts
+   * rebuilt (as `qemu-img check -r all` would) before the open resolves.
+   */
   readOnly?: boolean;
+  /** qemu's lazy-refcounts runtime option; default: the image's compatible feature bit. Version 3 only. */
+  lazyRefcounts?: boolean;
+  /**
+   * qemu's discard= option: 'unmap' carries out discard requests and lets writeZeroes
+   * deallocate (`mayUnmap`), and makes pass-discard-request default to true. Default 'ignore'
+   * (discard() does nothing). qemu-io opens images with discard=unmap.
+   */
+  discard?: 'ignore' | 'unmap';
+  /** qemu's pass-discard-request: discard freed host clusters of guest discards in the file. Default: discard === 'unmap'. */
+  passDiscardRequest?: boolean;
+  /** qemu's pass-discard-snapshot. Default true. */
+  passDiscardSnapshot?: boolean;
+  /** qemu's pass-discard-other (freed metadata, clusters replaced by copy-on-write). Default false. */
+  passDiscardOther?: boolean;
+  /**
+   * qemu's cache modes as far as flushes go: 'writeback' (default) and 'none' make flush()
+   * durable; 'unsafe' turns every storage flush into a no-op (qemu's cache.no-flush).
+   */
+  cacheMode?: 'writeback' | 'unsafe' | 'none';
+  /**
+   * Opens the external data file of a writable image (it must be writable). Default: `resolver`,
+   * which must then hand out writable storages.
+   */
+  dataFileResolver?: StorageResolver;
   /** Forced format; probed from the first bytes when absent. */
   format?: ImageFormat;
   /** Name (path, URL…) of this image: passed as `from` to the resolver for its backing file and data file. */
@@ -125,6 +154,37 @@ export interface Image {
   openSnapshot(idOrName: string): Promise<Image>;
   /** Cache counters, for the CLI and benchmarks. */
   stats(): ImageStats;
-  /** Closes this image and the backing chain and data file it opened. Closing twice is a no-op. */
+  /**
+   * Writes guest bytes at `offset`, allocating clusters (with copy-on-write of the untouched
+   * parts from the backing chain, shared, compressed or zero clusters). READ_ONLY when opened
+   * read-only; INVALID_ARGUMENT past the virtual size.
+   */
+  write(src: Uint8Array, offset: number): Promise<void>;
+  /**
+   * qemu-io's write -z: the range reads as zeros afterwards (zero flag or subcluster zero bits
+   * in version 3; in version 2 clusters are deallocated when nothing shows through, else zeros
+   * are written). `mayUnmap` (qemu-io -u, BDRV_REQ_MAY_UNMAP) lets allocated clusters be freed
+   * when the image was opened with discard 'unmap'.
+   */
+  writeZeroes(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void>;
+  /**
+   * qemu-io's discard: whole clusters only (as qemu), honouring the pass-discard options; does
+   * nothing unless the image was opened with discard 'unmap' (nor on a version 2 image with a
+   * backing file).
+   */
+  discard(offset: number, length: number): Promise<void>;
+  /**
+   * qemu-io's write -c: `offset` cluster-aligned, whole clusters (a partial last cluster at the
+   * end of the image is padded); a cluster that does not shrink is written uncompressed. As in
+   * qemu, a cluster that is already allocated is refused (IO).
+   */
+  writeCompressed(src: Uint8Array, offset: number): Promise<void>;
+  /** Resolves when everything written before the call is durable (metadata in crash-safe order). */
+  flush(): Promise<void>;
+  /**
+   * Closes this image and the backing chain and data file it opened, after the operations in
+   * flight; a writable image is flushed first and (lazy refcounts) its dirty bit cleared.
+   * Closing twice is a no-op.
+   */
   close(): Promise<void>;
 }

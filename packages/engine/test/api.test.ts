@@ -39,10 +39,12 @@ describe('raw images', () => {
 });
 
 describe('arguments', () => {
-  it('refuses to open for writing, and bad options, with Qcow2Errors', async () => {
+  it('refuses to open read-only storage for writing, and bad options, with Qcow2Errors', async () => {
     const built = await buildImage({ clusterBits: 16, clusters: [{ kind: 'data', seed: 3 }] });
     const storage = createMemoryStorage({ initial: built.bytes });
-    await expect(openImage(storage, { readOnly: false })).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    const readOnly = createMemoryStorage({ initial: built.bytes, readOnly: true });
+    await expect(openImage(readOnly, { readOnly: false })).rejects.toMatchObject({ code: 'READ_ONLY' });
+    await expect(openImage(readOnly, { readOnly: false, format: 'raw' })).rejects.toMatchObject({ code: 'READ_ONLY' });
     await expect(openImage(storage, { maxBackingDepth: -1 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await expect(openImage(storage, { l2CacheEntrySize: 3000 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await expect(openImage(storage, { l2CacheEntrySize: 131072 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });

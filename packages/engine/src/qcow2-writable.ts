@@ -1,0 +1,177 @@
+import type { TableCache } from '@qcow2/cache';
+import type { ClusterWriter } from '@qcow2/cluster';
+import { AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_DIRTY, isQcow2Error, Qcow2Error } from '@qcow2/format';
+import type { Refcounts } from '@qcow2/refcount';
+import type { Storage } from '@qcow2/storage';
+
+/** Byte offsets of the header fields a writable image changes in place. */
+const INCOMPATIBLE_FEATURES_AT = 72;
+const AUTOCLEAR_FEATURES_AT = 88;
+
+/** Autoclear bits this implementation keeps true while it writes (the others are cleared). */
+const MAINTAINED_AUTOCLEAR = AUTOCLEAR_DATA_FILE_RAW;
+
+export interface WritableParts {
+  readonly name: string | undefined;
+  readonly storage: Storage;
+  /** The external data file, when the image has one. */
+  readonly dataFile: Storage | undefined;
+  readonly l2Cache: TableCache;
+  readonly refcounts: Refcounts;
+  readonly version: 2 | 3;
+  readonly incompatibleFeatures: bigint;
+  readonly autoclearFeatures: bigint;
+  /** Lazy refcounts in force (qemu's lazy-refcounts option, or the image's compat bit). */
+  readonly lazyRefcounts: boolean;
+}
+
+function mask(value: bigint): Uint8Array {
+  const bytes = new Uint8Array(8);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, Number(value >> 32n));
+  view.setUint32(4, Number(value & 0xffff_ffffn));
+  return bytes;
+}
+
+/**
+ * The lifecycle of a qcow2 image opened for writing: header bits changed before the first
+ * change (autoclear bits this implementation does not maintain cleared; the dirty bit set with
+ * lazy refcounts), flush in crash-safe order, and a clean close.
+ */
+export class Qcow2Writable {
+  readonly #p: WritableParts;
+  #writer: ClusterWriter | undefined;
+  #incompatible: bigint;
+  #autoclear: bigint;
+  #prepared: Promise<void> | undefined;
+  #closed = false;
+  readonly #what: string;
+
+  constructor(parts: WritableParts) {
+    this.#p = parts;
+    this.#incompatible = parts.incompatibleFeatures;
+    this.#autoclear = parts.autoclearFeatures;
+    this.#what = `qcow2 image${parts.name === undefined ? '' : ` ${parts.name}`}`;
+  }
+
+  /** The cluster writer (set once, after the image it reads through exists). */
+  get writer(): ClusterWriter {
+    if (this.#writer === undefined) throw new Qcow2Error('CLOSED', `${this.#what}: not writable`);
+    return this.#writer;
+  }
+
+  set writer(writer: ClusterWriter) {
+    this.#writer = writer;
+  }
+
+  /** The dirty bit is set now. */
+  get dirty(): boolean {
+    return (this.#incompatible & INCOMPAT_DIRTY) !== 0n;
+  }
+
+  /** False while refcount updates may lag behind L2 tables (qemu's qcow2_need_accurate_refcounts). */
+  accurateRefcounts(): boolean {
+    return !this.dirty;
+  }
+
+  /**
+   * Runs once before the first change: unknown autoclear bits cleared (qemu clears them when it
+   * opens an image for writing; so would any program that does not keep them true), then the
+   * dirty bit set with lazy refcounts (qemu's qcow2_mark_dirty). Each header write is flushed.
+   */
+  beforeChange(): Promise<void> {
+    if (this.#prepared !== undefined) return this.#prepared;
+    const run = this.#prepare();
+    this.#prepared = run;
+    run.catch(() => {
+      if (this.#prepared === run) this.#prepared = undefined;
+    });
+    return run;
+  }
+
+  async #prepare(): Promise<void> {
+    const storage = this.#p.storage;
+    if (this.#p.version >= 3 && (this.#autoclear & ~MAINTAINED_AUTOCLEAR) !== 0n) {
+      const value = this.#autoclear & MAINTAINED_AUTOCLEAR;
+      await this.#io(() => storage.write(mask(value), AUTOCLEAR_FEATURES_AT), 'header autoclear_features at 0x58: write');
+      await this.#io(() => storage.flush(), 'header autoclear_features: flush');
+      this.#autoclear = value;
+    }
+    if (this.#p.lazyRefcounts && !this.dirty) await this.#setDirty(true);
+  }
+
+  async #setDirty(dirty: boolean): Promise<void> {
+    const value = dirty ? this.#incompatible | INCOMPAT_DIRTY : this.#incompatible & ~INCOMPAT_DIRTY;
+    const storage = this.#p.storage;
+    await this.#io(() => storage.write(mask(value), INCOMPATIBLE_FEATURES_AT), 'header incompatible_features at 0x48: write');
+    await this.#io(() => storage.flush(), 'header incompatible_features: flush');
+    this.#incompatible = value;
+  }
+
+  /** Clears the dirty bit after a repair, with everything before it durable. */
+  async markClean(): Promise<void> {
+    if (!this.dirty) return;
+    await this.#p.l2Cache.writeBack();
+    await this.#p.refcounts.flush();
+    await this.#setDirty(false);
+  }
+
+  /**
+   * Makes everything written before the call durable: the data file, then L2 tables (after the
+   * refcount blocks they depend on and a flush of the data they point at), then refcount
+   * blocks unless refcounts are lazy now, then one flush of the image file.
+   */
+  async flush(): Promise<void> {
+    if (this.#closed) return;
+    const p = this.#p;
+    if (p.dataFile !== undefined) await this.#io(() => p.dataFile!.flush(), 'external data file: flush');
+    await p.l2Cache.writeBack();
+    if (this.accurateRefcounts()) await p.refcounts.flush();
+    else await this.#io(() => p.storage.flush(), 'flush');
+  }
+
+  /**
+   * Waits for the operations in flight, flushes everything (refcount blocks too), clears the
+   * dirty bit of a lazy-refcount image (qemu's qcow2_mark_clean), and closes the refcounts.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.#writer?.close();
+    await this.flush();
+    if (this.dirty) await this.markClean();
+    await this.#p.refcounts.close();
+    this.#closed = true;
+  }
+
+  async #io(fn: () => Promise<void>, what: string): Promise<void> {
+    try {
+      await fn();
+    } catch (error) {
+      if (isQcow2Error(error)) throw error;
+      throw new Qcow2Error('IO', `${this.#what}: ${what}: ${String(error)}`, { cause: error });
+    }
+  }
+}
+
+/** `storage` whose flush does nothing (qemu's cache=unsafe): every other call goes through. */
+export function withoutFlush(storage: Storage): Storage {
+  const wrapped: Storage = {
+    get readOnly() {
+      return storage.readOnly;
+    },
+    get canDiscard() {
+      return storage.canDiscard;
+    },
+    read: (dst, offset) => storage.read(dst, offset),
+    write: (src, offset) => storage.write(src, offset),
+    size: () => storage.size(),
+    truncate: (size) => storage.truncate(size),
+    flush: () => Promise.resolve(),
+    close: () => storage.close(),
+  };
+  if (typeof storage.discard === 'function') {
+    const discard = storage.discard.bind(storage);
+    wrapped.discard = (offset, length) => discard(offset, length);
+  }
+  return wrapped;
+}
