@@ -11,3 +11,4 @@ export type {
   OpenOptions,
   SnapshotInfo,
 } from './types.js';
+export * from './create-image.js';
