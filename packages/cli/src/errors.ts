@@ -8,11 +8,14 @@ export class CliError extends Error {
   override readonly name = 'CliError' as const;
   readonly exitCode: number;
   readonly usage: boolean;
+  /** Text printed after the message exactly as it is (qemu's error_append_hint: no program name, its own newlines). */
+  readonly hint: string | undefined;
 
-  constructor(message: string, options: { exitCode?: number; usage?: boolean; cause?: unknown } = {}) {
+  constructor(message: string, options: { exitCode?: number; usage?: boolean; cause?: unknown; hint?: string } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.exitCode = options.exitCode ?? 1;
     this.usage = options.usage ?? false;
+    this.hint = options.hint;
   }
 }
 

@@ -1,3 +1,5 @@
+import type { CreateOptions } from '@qcow2/engine';
+
 /**
  * What the commands need from the world, as interfaces: images (the subset of @qcow2/engine's
  * `Image` the commands read), host file facts, and an output file for `convert`. `main` uses the
@@ -33,8 +35,10 @@ export interface ImageSnapshot {
   icount?: number;
 }
 
-/** The part of @qcow2/engine's `Image` the commands use. */
+/** The part of @qcow2/engine's `Image` the commands use; the write members on images opened writable. */
 export interface ImageLike {
+  /** True (or absent) for images opened read-only. */
+  readonly readOnly?: boolean | undefined;
   readonly format: ImageFormat;
   readonly virtualSize: number;
   readonly clusterSize?: number | undefined;
@@ -48,7 +52,15 @@ export interface ImageLike {
   extents(offset: number, length: number): Promise<ImageExtent[]>;
   openSnapshot(idOrName: string): Promise<ImageLike>;
   close(): Promise<void>;
+  write?(src: Uint8Array, offset: number): Promise<void>;
+  writeZeroes?(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void>;
+  discard?(offset: number, length: number): Promise<void>;
+  writeCompressed?(src: Uint8Array, offset: number): Promise<void>;
+  flush?(): Promise<void>;
 }
+
+/** qemu's cache modes, as the engine takes them (writethrough: a flush after every write). */
+export type CacheMode = 'writeback' | 'writethrough' | 'unsafe' | 'none';
 
 export interface HostOpenOptions {
   /** Forced format; probed when absent. */
@@ -60,6 +72,12 @@ export interface HostOpenOptions {
    * an error, as for qemu-img info.
    */
   metadataOnly?: boolean;
+  /** Open for writing (default false: read-only). */
+  writable?: boolean;
+  /** For writable images: qemu's cache mode (unsafe: flushes do not reach the disk). */
+  cacheMode?: CacheMode;
+  /** For writable images: qemu's discard option (unmap passes discards down to the file). */
+  discard?: 'ignore' | 'unmap';
 }
 
 /** A file `convert` writes. */
@@ -78,4 +96,11 @@ export interface CliHost {
   allocatedSize(filename: string): Promise<number | undefined>;
   /** Creates (truncating) or, with `create: false`, opens an existing file for writing; rejects with the file system's error. */
   openOutput(filename: string, options: { create: boolean }): Promise<OutputFile>;
+  /**
+   * Creates `filename` (truncating it) as a new image: qcow2 through the engine's createImage
+   * (an external data file is created too, its name relative to the working directory, as
+   * qemu-img does), raw as a file of `options.size` bytes. On failure the files it created are
+   * removed and it rejects with what went wrong.
+   */
+  createImage(filename: string, format: ImageFormat, options: CreateOptions): Promise<void>;
 }

@@ -2,6 +2,7 @@ import { version as packageVersion } from '../package.json';
 import { benchCommand } from './commands/bench.js';
 import { compareCommand } from './commands/compare.js';
 import { convertCommand } from './commands/convert.js';
+import { createCommand } from './commands/create.js';
 import { infoCommand } from './commands/info.js';
 import { ioCommand } from './commands/io.js';
 import { mapCommand } from './commands/map.js';
@@ -20,6 +21,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   bench: benchCommand,
   compare: compareCommand,
   convert: convertCommand,
+  create: createCommand,
   info: infoCommand,
   io: ioCommand,
   map: mapCommand,
@@ -74,6 +76,7 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
   } catch (error) {
     if (isCliError(error)) {
       report(error.message);
+      if (error.hint !== undefined) io.stderr(error.hint);
       if (error.usage) io.stderr(`Try '${PROGRAM} --help' for more information\n`);
       return error.exitCode;
     }

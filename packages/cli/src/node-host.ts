@@ -1,9 +1,9 @@
-import { stat } from 'node:fs/promises';
-import { openImage } from '@qcow2/engine';
+import { rm, stat } from 'node:fs/promises';
+import { createImage, openImage, type CreateOptions, type OpenOptions } from '@qcow2/engine';
 import { createNodeResolver, createNodeStorage } from '@qcow2/storage-node';
-import { Qcow2Error, type Storage, type StorageResolver } from '@qcow2/storage';
-import { CliError, describeError, describeFileError } from './errors.js';
-import type { CliHost, HostOpenOptions, ImageLike, OutputFile } from './host.js';
+import { createMemoryStorage, isQcow2Error, Qcow2Error, type Storage, type StorageResolver } from '@qcow2/storage';
+import { CliError, describeError, describeFileError, errnoOf } from './errors.js';
+import type { CacheMode, CliHost, HostOpenOptions, ImageFormat, ImageLike, OutputFile } from './host.js';
 import { pathCombine } from './path-combine.js';
 
 /**
@@ -13,34 +13,54 @@ import { pathCombine } from './path-combine.js';
  */
 export function createNodeHost(): CliHost {
   const nodeResolver = createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'] });
+  const writableResolver = createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'], readOnly: false });
+  /** For writable images (their external data file is written): read-write where the file allows it. */
+  const readWriteResolver: StorageResolver = async (name, from) => {
+    try {
+      return await writableResolver(name, from);
+    } catch (error) {
+      const code = errnoOf(error);
+      if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') return nodeResolver(name, from);
+      throw error;
+    }
+  };
   /** The last backing/data file that could not be opened, to word the error as qemu does. */
   let failed: { name: string; error: unknown } | undefined;
-  const resolver: StorageResolver = async (name, from) => {
+  /** The resolver, noting the file that could not be opened. */
+  const tracked = (inner: StorageResolver): StorageResolver => async (name, from) => {
     try {
-      return await nodeResolver(name, from);
+      return await inner(name, from);
     } catch (error) {
       failed = { name: from === undefined ? name : pathCombine(from, name), error };
       throw error;
     }
   };
+  const resolver = tracked(nodeResolver);
+  const dataFileResolver = tracked(readWriteResolver);
   return {
     async openImage(filename: string, options: HostOpenOptions): Promise<ImageLike> {
       let storage: Storage;
       failed = undefined;
+      // Until the engine can write, a writable open degrades to read-only (write commands then say so).
+      const writable = options.writable === true && (await engineWrites());
       try {
-        storage = await createNodeStorage(filename, { readOnly: true });
+        storage = await createNodeStorage(filename, { readOnly: !writable });
       } catch (error) {
         throw new CliError(`Could not open '${filename}': ${describeFileError(error)}`, { cause: error });
       }
       const backing = options.backing ?? true;
       try {
-        const image = await openImage(storage, {
-          readOnly: true,
+        const openOptions: OpenOptions & WriteOpenOptions = {
+          readOnly: !writable,
           name: filename,
           backing,
           ...(options.format === undefined ? {} : { format: options.format }),
           resolver: options.metadataOnly === true ? tolerant(resolver) : resolver,
-        });
+        };
+        if (writable && options.cacheMode !== undefined) openOptions.cacheMode = engineCacheMode(options.cacheMode);
+        if (writable && options.discard !== undefined) openOptions.discard = options.discard;
+        if (writable) openOptions.dataFileResolver = dataFileResolver;
+        const image = await openImage(storage, openOptions);
         return withStorageClose(image, storage);
       } catch (error) {
         await storage.close().catch(() => undefined);
@@ -67,7 +87,80 @@ export function createNodeHost(): CliHost {
     openOutput(filename: string, options: { create: boolean }): Promise<OutputFile> {
       return createNodeStorage(filename, options.create ? { create: true, truncate: true } : {});
     },
+
+    async createImage(filename: string, format: ImageFormat, options: CreateOptions): Promise<void> {
+      let storage: Storage;
+      try {
+        storage = await createNodeStorage(filename, { create: true, truncate: true });
+      } catch (error) {
+        throw new CliError(`Could not create '${filename}': ${describeFileError(error)}`, { cause: error });
+      }
+      const created = [filename];
+      try {
+        if (format === 'raw') {
+          await storage.truncate(options.size ?? 0);
+          if (options.preallocation === 'falloc' || options.preallocation === 'full') await writeZeros(storage, 0, options.size ?? 0);
+        } else {
+          await createImage(storage, {
+            ...options,
+            name: filename,
+            resolver: nodeResolver,
+            openDataFile: async (name) => {
+              try {
+                const data = await createNodeStorage(name, { create: true, truncate: true });
+                created.push(name);
+                return data;
+              } catch (error) {
+                throw new CliError(`Could not create '${name}': ${describeFileError(error)}`, { cause: error });
+              }
+            },
+          });
+        }
+        await storage.flush();
+        await storage.close();
+      } catch (error) {
+        await storage.close().catch(() => undefined);
+        for (const file of created) await rm(file, { force: true }).catch(() => undefined);
+        throw error;
+      }
+    },
   };
+}
+
+/** The engine's open options for writing (the write-path contract; the read-only engine ignores them). */
+interface WriteOpenOptions {
+  cacheMode?: 'writeback' | 'unsafe' | 'none';
+  discard?: 'ignore' | 'unmap';
+  dataFileResolver?: StorageResolver;
+}
+
+/** writethrough is writeback plus a flush after each write (the commands do that); none cannot bypass Node's page cache. */
+function engineCacheMode(mode: CacheMode): 'writeback' | 'unsafe' | 'none' {
+  return mode === 'writethrough' ? 'writeback' : mode;
+}
+
+async function writeZeros(storage: Storage, from: number, to: number): Promise<void> {
+  const chunk = new Uint8Array(Math.min(1 << 20, Math.max(0, to - from)));
+  for (let at = from; at < to; at += chunk.length) await storage.write(chunk.subarray(0, Math.min(chunk.length, to - at)), at);
+}
+
+let writeSupport: Promise<boolean> | undefined;
+
+/** Whether @qcow2/engine opens images for writing (its write path is being added in parallel). */
+export function engineWrites(): Promise<boolean> {
+  writeSupport ??= (async () => {
+    try {
+      const storage = createMemoryStorage();
+      await createImage(storage, { size: 1 << 20 });
+      const image = (await openImage(storage, { readOnly: false })) as { write?: unknown; close(): Promise<void> };
+      await image.close();
+      return typeof image.write === 'function';
+    } catch (error) {
+      if (isQcow2Error(error)) return false;
+      throw error;
+    }
+  })();
+  return writeSupport;
 }
 
 /**
@@ -97,6 +190,19 @@ function unavailableStorage(name: string, cause: unknown): Storage {
     truncate: fail,
     flush: async () => undefined,
     close: async () => undefined,
+  };
+}
+
+/** The write members of an image opened writable (none for a read-only one). */
+function writeMembers(image: ImageLike): Partial<ImageLike> {
+  if (image.readOnly !== false || typeof image.write !== 'function') return {};
+  const target = image as Required<Pick<ImageLike, 'write' | 'writeZeroes' | 'discard' | 'writeCompressed' | 'flush'>>;
+  return {
+    write: (src, offset) => target.write(src, offset),
+    writeZeroes: (offset, length, options) => target.writeZeroes(offset, length, options),
+    discard: (offset, length) => target.discard(offset, length),
+    writeCompressed: (src, offset) => target.writeCompressed(src, offset),
+    flush: () => target.flush(),
   };
 }
 
@@ -130,9 +236,13 @@ function withStorageClose(image: ImageLike, storage: Storage): ImageLike {
     get dirty() {
       return image.dirty;
     },
+    get readOnly() {
+      return image.readOnly;
+    },
     read: (dst, offset) => image.read(dst, offset),
     extents: (offset, length) => image.extents(offset, length),
     openSnapshot: (idOrName) => image.openSnapshot(idOrName),
+    ...writeMembers(image),
     close: async () => {
       try {
         await image.close();

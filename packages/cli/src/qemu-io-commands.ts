@@ -1,143 +1,28 @@
 import { describeError } from './errors.js';
 import type { ImageLike } from './host.js';
 import { cvtstr, dumpBuffer, elapsedFromSeconds, printReport } from './io-format.js';
-import { strtosz } from './strtosz.js';
+import {
+  commandGetopt,
+  cvtnum,
+  imageOf,
+  inRange,
+  parsePattern,
+  printCvtnumError,
+  REQUEST_MAX,
+  SECTOR,
+  usage,
+  type IoCommand,
+  type IoSession,
+} from './qemu-io-args.js';
+import { WRITE_COMMANDS } from './qemu-io-write.js';
+
+export type { IoSession } from './qemu-io-args.js';
 
 /**
- * The read side of qemu-io's command language (qemu-io-cmds.c, qemu 7.2): read, readv, length,
- * map, alloc, help, quit — same arguments, same output, same failures. The image is open
- * read-only: write, writev, aio_write, discard and truncate fail as under `qemu-io -r`.
+ * qemu-io's command language (qemu-io-cmds.c, qemu 7.2): read, readv, length, map, alloc, help,
+ * quit, and on a writable image write, writev, discard, flush — same arguments, same output,
+ * same failures. On an image open read-only the write commands fail as under `qemu-io -r`.
  */
-
-/** BDRV_REQUEST_MAX_BYTES. */
-const REQUEST_MAX = 2147483136;
-const INT64_MAX = (1n << 63n) - 1n;
-const SECTOR = 512;
-
-export interface IoSession {
-  /** The open image; undefined when qemu-io was started without a file. */
-  readonly image: ImageLike | undefined;
-  readonly out: (text: string) => void;
-  readonly err: (text: string) => void;
-  readonly now: () => number;
-  /** Set by `quit`. */
-  quit: boolean;
-}
-
-interface IoCommand {
-  name: string;
-  /** Runs without an open file (help, quit). */
-  global?: boolean;
-  altname?: string;
-  /** `undefined` prints nothing; '' prints an extra space, as qemu's help does. */
-  args?: string;
-  oneline: string;
-  argmin: number;
-  /** -1: no maximum. */
-  argmax: number;
-  help?: string;
-  run(session: IoSession, argv: readonly string[]): Promise<boolean>;
-}
-
-/** cvtnum: a qemu_strtosz size that fits int64, else the negative errno qemu-io passes around. */
-type Cvt = { ok: true; value: number } | { ok: false; error: 'EINVAL' | 'ERANGE' };
-
-function cvtnum(session: IoSession, text: string): Cvt {
-  const r = strtosz(text);
-  if (!r.ok) return r;
-  if (r.warning !== undefined) session.err(`qcow2: warning: ${r.warning}\n`);
-  if (r.value > INT64_MAX) return { ok: false, error: 'ERANGE' };
-  return { ok: true, value: Number(r.value) };
-}
-
-function printCvtnumError(session: IoSession, error: 'EINVAL' | 'ERANGE', arg: string): void {
-  if (error === 'EINVAL') {
-    session.out(`Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- ${arg}\n`);
-  } else {
-    session.out(`Parsing error: argument too large -- ${arg}\n`);
-  }
-}
-
-/** strtol(arg, &end, 0) for 0..255 with nothing after it. */
-function parsePattern(session: IoSession, arg: string): number | undefined {
-  const match = /^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(arg);
-  let value = Number.NaN;
-  if (match !== null) {
-    const digits = match[2] as string;
-    value = /^0[xX]/.test(digits)
-      ? Number.parseInt(digits.slice(2), 16)
-      : digits.length > 1 && digits.startsWith('0')
-        ? Number.parseInt(digits, 8)
-        : Number(digits);
-    if (match[1] === '-') value = -value;
-  }
-  if (!(value >= 0 && value <= 255)) {
-    session.out(`${arg} is not a valid pattern byte\n`);
-    return undefined;
-  }
-  return value;
-}
-
-/** POSIX getopt as the commands use it (glibc: permuting, messages on stderr with the command name). */
-function commandGetopt(
-  session: IoSession,
-  argv: readonly string[],
-  spec: string,
-): { options: { option: string; arg?: string }[]; operands: string[] } | undefined {
-  const options: { option: string; arg?: string }[] = [];
-  const operands: string[] = [];
-  const name = argv[0] as string;
-  for (let i = 1; i < argv.length; i += 1) {
-    const arg = argv[i] as string;
-    if (arg === '--') {
-      operands.push(...argv.slice(i + 1));
-      break;
-    }
-    if (!arg.startsWith('-') || arg.length === 1) {
-      operands.push(arg);
-      continue;
-    }
-    for (let j = 1; j < arg.length; j += 1) {
-      const c = arg[j] as string;
-      const at = spec.indexOf(c);
-      if (at < 0 || c === ':') {
-        session.err(`${name}: invalid option -- '${c}'\n`);
-        return undefined;
-      }
-      if (spec[at + 1] !== ':') {
-        options.push({ option: c });
-        continue;
-      }
-      if (j + 1 < arg.length) {
-        options.push({ option: c, arg: arg.slice(j + 1) });
-      } else if (i + 1 < argv.length) {
-        options.push({ option: c, arg: argv[i + 1] as string });
-        i += 1;
-      } else {
-        session.err(`${name}: option requires an argument -- '${c}'\n`);
-        return undefined;
-      }
-      break;
-    }
-  }
-  return { options, operands };
-}
-
-function usage(session: IoSession, cmd: IoCommand): false {
-  session.out(`${cmd.name} ${cmd.args ?? ''} -- ${cmd.oneline}\n`);
-  return false;
-}
-
-/** The open image (runIoCommand has checked there is one for commands that are not global). */
-function imageOf(session: IoSession): ImageLike {
-  if (session.image === undefined) throw new Error('no file open');
-  return session.image;
-}
-
-/** blk_check_byte_request: inside the image, else EIO. */
-function inRange(image: ImageLike, offset: number, count: number): boolean {
-  return offset <= image.virtualSize && image.virtualSize - offset >= count;
-}
 
 /** Reads for qemu-io: the engine's errors become "Input/output error" lines, as EIO in qemu. */
 async function pread(session: IoSession, dst: Uint8Array, offset: number): Promise<string | undefined> {
@@ -509,40 +394,31 @@ const helpCommand: IoCommand = {
 };
 
 /**
- * qemu-io's write-side commands: the image is open read-only (as qemu-io -r), so after the
- * argument count check they fail like qemu-io -r does. They are not listed by `help`.
+ * qemu-io commands this tool does not run: on an image opened read-only they fail after the
+ * argument count check as under qemu-io -r; on a writable one they say they are not supported.
+ * They are not listed by `help`.
  */
-const READ_ONLY_FAILURES: readonly (readonly [string, number, number])[] = [
+const UNSUPPORTED: readonly (readonly [string, number, number])[] = [
   ['aio_write', 2, -1],
-  ['discard', 2, -1],
   ['truncate', 1, 3],
-  ['write', 2, -1],
-  ['writev', 2, -1],
 ];
 
-function readOnlyCommand(name: string, argmin: number, argmax: number): IoCommand {
+function unsupportedCommand(name: string, argmin: number, argmax: number): IoCommand {
   return {
     name,
     oneline: '',
     argmin,
     argmax,
     async run(session) {
-      session.err('qcow2: Block node is read-only\n');
+      const image = imageOf(session);
+      if (image.readOnly !== false || typeof image.write !== 'function') session.err('qcow2: Block node is read-only\n');
+      else session.err(`qcow2: ${name} is not supported by qcow2 io\n`);
       return false;
     },
   };
 }
 
-/** `flush` and `aio_flush` have nothing to do on a read-only image. */
-function noopCommand(name: string): IoCommand {
-  return { name, oneline: '', argmin: 0, argmax: 0, run: async () => true };
-}
-
-const HIDDEN: readonly IoCommand[] = [
-  ...READ_ONLY_FAILURES.map(([name, min, max]) => readOnlyCommand(name, min, max)),
-  noopCommand('flush'),
-  noopCommand('aio_flush'),
-];
+const HIDDEN: readonly IoCommand[] = UNSUPPORTED.map(([name, min, max]) => unsupportedCommand(name, min, max));
 
 /** Sorted by name, as qemu-io's table. */
 const COMMANDS: readonly IoCommand[] = [
@@ -553,7 +429,8 @@ const COMMANDS: readonly IoCommand[] = [
   quitCommand,
   readCommand,
   readvCommand,
-];
+  ...WRITE_COMMANDS,
+].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 
 function helpOneline(name: string, cmd: IoCommand): string {
   return `${name} ${cmd.args === undefined ? '' : `${cmd.args} `}-- ${cmd.oneline}\n`;

@@ -274,6 +274,9 @@ describe('whatever is thrown: one line on stderr, exit 1, no stack trace', () =>
     openOutput: async () => {
       throw value;
     },
+    createImage: async () => {
+      throw value;
+    },
   });
   it.each([
     ['a TypeError', new TypeError('boom\n    at somewhere (file.js:1:1)')],

@@ -147,6 +147,9 @@ export function fakeHost(images: Record<string, ImageLike | (() => ImageLike)>, 
     async allocatedSize() {
       return 196 * 1024;
     },
+    async createImage(filename) {
+      throw new Qcow2Error('UNSUPPORTED', `fake host: cannot create ${filename}`);
+    },
     async openOutput(filename, { create }) {
       let out = outputs[filename];
       if (out === undefined) {
@@ -181,6 +184,9 @@ export function rawFileHost(): CliHost {
     },
     async allocatedSize(filename) {
       return statSync(filename).blocks * 512;
+    },
+    async createImage(filename) {
+      throw new Qcow2Error('UNSUPPORTED', `raw file host: cannot create ${filename}`);
     },
     async openOutput(filename, { create }) {
       const fd = openSync(filename, create ? 'w' : 'r+');

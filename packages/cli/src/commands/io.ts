@@ -1,16 +1,17 @@
 import type { Context } from '../context.js';
 import { CliError, describeError, isCliError } from '../errors.js';
 import { getopt } from '../getopt.js';
-import type { ImageLike } from '../host.js';
+import type { CacheMode, ImageLike } from '../host.js';
 import { checkCacheMode } from '../options.js';
 import { runIoCommand, type IoSession } from '../qemu-io-commands.js';
 import { checkGetopt, usageError } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
 
 /**
- * `qcow2 io [-f fmt] [-r] [-U] [-c CMD]... [FILE]`: qemu-io's command line over a read-only image.
- * The -c commands run in order (or, with none, the lines of standard input); `quit` stops. Exit
- * status 1 when any command failed, as qemu-io.
+ * `qcow2 io [-f fmt] [-r] [-t cache] [-d discard] [-U] [-c CMD]... [FILE]`: qemu-io's command
+ * line. The image is opened writable unless -r, with qemu-io's defaults (writethrough: each
+ * write flushed; discard=unmap). The -c commands run in order (or, with none, the lines of
+ * standard input); `quit` stops. Exit status 1 when any command failed, as qemu-io.
  */
 export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<number> {
   const parsed = checkGetopt(
@@ -38,6 +39,10 @@ export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<
   );
   const commands: string[] = [];
   let format: string | undefined;
+  let readOnly = false;
+  // qemu-io's defaults: cache=writethrough, discard=unmap.
+  let cache: CacheMode = 'writethrough';
+  let discard: 'ignore' | 'unmap' = 'unmap';
   for (const { option, arg = '' } of parsed.options) {
     switch (option) {
       case 'h':
@@ -48,11 +53,19 @@ export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<
       case 'f':
         format = arg;
         break;
+      case 'r':
+        readOnly = true;
+        break;
+      case 'n':
+        cache = 'none';
+        break;
       case 't':
         if (!checkCacheMode(arg)) throw new CliError(`Invalid cache option: ${arg}`);
+        cache = arg === 'directsync' || arg === 'writethrough' ? 'writethrough' : arg === 'off' ? 'none' : (arg as CacheMode);
         break;
       case 'd':
         if (!['ignore', 'off', 'unmap', 'on'].includes(arg)) throw new CliError(`Invalid discard option: ${arg}`);
+        discard = arg === 'unmap' || arg === 'on' ? 'unmap' : 'ignore';
         break;
       case 'i':
         if (!['threads', 'native', 'io_uring'].includes(arg)) throw new CliError(`Invalid aio option: ${arg}`);
@@ -62,7 +75,7 @@ export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<
       case 'image-opts':
         throw unsupportedOption(option === 'T' ? 'trace' : option);
       default:
-        break; // -r (always read-only for now), -s, -n, -C, -m, -k, -U
+        break; // -s, -C, -m, -k, -U
     }
   }
   if (parsed.operands.length > 1) throw usageError('Expecting at most one image file name');
@@ -72,14 +85,14 @@ export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<
   let image: ImageLike | undefined;
   if (filename !== undefined) {
     try {
-      image = await openWithChain(ctx, filename, format);
+      image = await openWithChain(ctx, filename, format, readOnly ? {} : { writable: true, cacheMode: cache, discard });
     } catch (error) {
       throw new CliError(`can't open device ${filename}: ${isCliError(error) ? error.message : describeError(error)}`, {
         cause: error,
       });
     }
   }
-  const session: IoSession = { image, out: ctx.out, err: ctx.err, now: ctx.now, quit: false };
+  const session: IoSession = { image, out: ctx.out, err: ctx.err, now: ctx.now, quit: false, writethrough: cache === 'writethrough' };
   let failed = false;
   try {
     const lines = commands.length > 0 ? commands : await ctx.stdinLines();
