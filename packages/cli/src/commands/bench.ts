@@ -3,6 +3,7 @@ import { CliError, describeError } from '../errors.js';
 import { getopt } from '../getopt.js';
 import { nextBenchOffset } from '../bench-plan.js';
 import { formatFixed } from '../c-format.js';
+import type { CacheMode, ImageLike } from '../host.js';
 import { checkCacheMode, cvtnum } from '../options.js';
 import { checkGetopt, usageError } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
@@ -22,9 +23,12 @@ function strtoulWhole(text: string): number | undefined {
 }
 
 /**
- * `qcow2 bench [-c count] [-d depth] [-f fmt] [-o offset] [-q] [-s size] [-S step] [-t cache] [-U] FILE`:
- * qemu-img bench, read mode. `count` reads of `size` bytes, `depth` in flight, each `step`
- * (default `size`) after the previous one, wrapping at the end of the image.
+ * `qcow2 bench [-c count] [-d depth] [-f fmt] [-o offset] [-q] [-s size] [-S step] [-t cache] [-U]
+ * [-w [--pattern=N] [--flush-interval=N [--no-drain]]] FILE`: qemu-img bench. `count` requests of
+ * `size` bytes (reads, or with -w writes of the pattern byte), `depth` in flight, each `step`
+ * (default `size`) after the previous one, wrapping at the end of the image; with a flush interval
+ * a flush after every that many completed writes (by default with the queue drained first).
+ * -t unsafe makes flushes no-ops, writethrough flushes after every write.
  */
 export async function benchCommand(ctx: Context, argv: readonly string[]): Promise<number> {
   const parsed = checkGetopt(
@@ -48,6 +52,11 @@ export async function benchCommand(ctx: Context, argv: readonly string[]): Promi
   let step = 0;
   let format: string | undefined;
   let flushInterval = 0;
+  let write = false;
+  let pattern = 0;
+  let drain = true;
+  let forceShare = false;
+  let cache: CacheMode = 'writeback';
   for (const { option, arg = '' } of parsed.options) {
     switch (option) {
       case 'h':
@@ -82,9 +91,17 @@ export async function benchCommand(ctx: Context, argv: readonly string[]): Promi
         break;
       case 't':
         if (!checkCacheMode(arg)) throw new CliError('Invalid cache mode');
+        cache = arg === 'directsync' || arg === 'writethrough' ? 'writethrough' : arg === 'off' ? 'none' : (arg as CacheMode);
         break;
       case 'w':
-        throw new CliError('-w: write benchmarks are not supported yet (qcow2 opens images read-only)');
+        write = true;
+        break;
+      case 'U':
+        forceShare = true;
+        break;
+      case 'no-drain':
+        drain = false;
+        break;
       case 'flush-interval': {
         const n = strtoulWhole(arg);
         if (n === undefined || n > INT_MAX) throw new CliError('Invalid flush interval specified');
@@ -94,31 +111,45 @@ export async function benchCommand(ctx: Context, argv: readonly string[]): Promi
       case 'pattern': {
         const n = strtoulWhole(arg);
         if (n === undefined || n > 0xff) throw new CliError('Invalid pattern byte specified');
+        pattern = n;
         break;
       }
       case 'object':
       case 'image-opts':
         throw unsupportedOption(option);
       default:
-        break; // -n, -q, -U, --no-drain
+        break; // -n, -q
     }
   }
   if (parsed.operands.length !== 1) throw usageError('Expecting one image file name');
-  if (flushInterval !== 0) throw new CliError('--flush-interval is only available in write tests');
+  if (!write && flushInterval !== 0) throw new CliError('--flush-interval is only available in write tests');
+  if (flushInterval !== 0 && flushInterval < depth) throw new CliError("Flush interval can't be smaller than depth");
   if (depth * bufferSize > MAX_BUFFERS) {
     throw new CliError(`Could not allocate ${depth} buffers of ${bufferSize} bytes`);
   }
   const filename = parsed.operands[0] as string;
-  const image = await openWithChain(ctx, filename, format);
+  if (write && forceShare) {
+    throw new CliError(`Could not open '${filename}': force-share=on can only be used with read-only images`);
+  }
+  const image = await openWithChain(ctx, filename, format, write ? { writable: true, cacheMode: cache } : {});
   try {
+    if (write && (image.readOnly !== false || typeof image.write !== 'function')) {
+      throw new CliError(`Could not open '${filename}': the engine cannot write images yet`);
+    }
     const imageSize = image.virtualSize;
     const stepSize = step === 0 ? bufferSize : step;
     ctx.out(
-      `Sending ${count} read requests, ${bufferSize} bytes each, ${depth} in parallel ` +
+      `Sending ${count} ${write ? 'write' : 'read'} requests, ${bufferSize} bytes each, ${depth} in parallel ` +
         `(starting at offset ${offset}, step size ${stepSize})\n`,
     );
+    if (flushInterval !== 0) ctx.out(`Sending flush every ${flushInterval} requests\n`);
     const start = ctx.now();
-    await runBench(image, { count, depth, bufferSize, step: stepSize, offset, imageSize });
+    const plan = { count, depth, bufferSize, step: stepSize, offset, imageSize };
+    if (write) {
+      await runWriteBench(image as BenchTarget, plan, { pattern, flushInterval, drain, writethrough: cache === 'writethrough' });
+    } else {
+      await runBench(image, plan);
+    }
     const seconds = ctx.now() - start;
     ctx.out(`Run completed in ${formatFixed(seconds, 3).padStart(3)} seconds.\n`);
   } finally {
@@ -162,4 +193,94 @@ async function runBench(
 
 function failedRequest(reason: string): CliError {
   return new CliError(`Failed request: ${reason}`);
+}
+
+type BenchTarget = ImageLike & Required<Pick<ImageLike, 'write' | 'flush'>>;
+
+interface WriteSettings {
+  pattern: number;
+  flushInterval: number;
+  drain: boolean;
+  writethrough: boolean;
+}
+
+/**
+ * bench_cb in write mode: `depth` writes in flight; after the completion that makes the number of
+ * finished requests a multiple of the flush interval, a flush — with drain, once the writes in
+ * flight have completed and before any new one starts; without, alongside them.
+ */
+async function runWriteBench(image: BenchTarget, plan: BenchPlan, settings: WriteSettings): Promise<void> {
+  const buffer = new Uint8Array(plan.bufferSize).fill(settings.pattern);
+  let n = plan.count;
+  let inFlight = 0;
+  let inFlush = false;
+  let next = plan.offset;
+  let failure: CliError | undefined;
+  const pending = new Set<Promise<void>>();
+  let finish: () => void = () => undefined;
+  const finished = new Promise<void>((resolve) => {
+    finish = resolve;
+  });
+  const track = (p: Promise<void>): void => {
+    pending.add(p);
+    void p.finally(() => pending.delete(p));
+  };
+  const fail = (error: unknown): void => {
+    failure ??= error instanceof CliError ? error : failedRequest(describeError(error));
+    finish();
+  };
+  const flush = (then: (() => void) | undefined): void => {
+    track(
+      image.flush().then(
+        () => then?.(),
+        (error: unknown) => fail(new CliError(`Failed flush request: ${describeError(error)}`)),
+      ),
+    );
+  };
+  const completed = (): void => {
+    const remaining = n - inFlight;
+    n -= 1;
+    inFlight -= 1;
+    if (n === 0) {
+      finish();
+      return;
+    }
+    if (settings.flushInterval !== 0 && remaining % settings.flushInterval === 0) {
+      if (inFlight === 0 || !settings.drain) {
+        if (settings.drain) {
+          inFlush = true;
+          flush(() => {
+            inFlush = false;
+            issue();
+          });
+        } else {
+          flush(undefined);
+        }
+      }
+      if (settings.drain) return;
+    }
+    issue();
+  };
+  const issue = (): void => {
+    while (failure === undefined && !inFlush && n > inFlight && inFlight < plan.depth) {
+      const at = next;
+      inFlight += 1;
+      next = nextBenchOffset(next, plan.step, plan.imageSize, plan.bufferSize);
+      if (at + plan.bufferSize > plan.imageSize) {
+        fail(failedRequest('Input/output error'));
+        return;
+      }
+      track(
+        image
+          .write(buffer, at)
+          .then(() => (settings.writethrough ? image.flush() : undefined))
+          .then(completed, fail),
+      );
+    }
+  };
+  if (n === 0) return;
+  issue();
+  await finished;
+  await Promise.allSettled([...pending]);
+  if (failure !== undefined) throw failure;
 }

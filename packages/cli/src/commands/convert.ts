@@ -1,8 +1,11 @@
 import type { Context } from '../context.js';
-import { CliError, describeError, describeFileError } from '../errors.js';
+import { CliError, describeError, describeFileError, isCliError } from '../errors.js';
 import { getopt } from '../getopt.js';
+import type { CreateOptions } from '@qcow2/engine';
+import { createOptionsHelp, qcow2CreateOptions, QCOW2_CREATE_OPTS } from '../create-opts.js';
 import type { ImageLike, OutputFile } from '../host.js';
 import { checkCacheMode, cvtnum, isQemuDriver } from '../options.js';
+import { hasHelpOption, isValidOptionList, QemuOpts } from '../qemu-opts.js';
 import { Progress } from '../progress.js';
 import { isZero } from '../zero-scan.js';
 import { findSnapshot, parseSnapshotParam } from '../snapshot-param.js';
@@ -79,7 +82,8 @@ export async function convertCommand(ctx: Context, argv: readonly string[]): Pro
         compress = true;
         break;
       case 'o':
-        createOptions = arg;
+        if (!isValidOptionList(arg)) throw new CliError(`Invalid option list: ${arg}`);
+        createOptions = createOptions === undefined ? arg : `${createOptions},${arg}`;
         break;
       case 'l':
         options.snapshot = arg;
@@ -131,13 +135,23 @@ export async function convertCommand(ctx: Context, argv: readonly string[]): Pro
   const sources = files.slice(0, -1);
   const target = files[files.length - 1] as string;
 
-  if (options.outputFormat !== 'raw' && options.outputFormat !== 'file') {
-    if (!isQemuDriver(options.outputFormat)) throw new CliError(`Unknown file format '${options.outputFormat}'`);
-    throw new CliError(`-O ${options.outputFormat}: qcow2 convert writes raw images only (-O raw)`);
+  const outFormat = options.outputFormat === 'file' ? 'raw' : options.outputFormat;
+  if (outFormat !== 'raw' && outFormat !== 'qcow2') {
+    if (!isQemuDriver(outFormat)) throw new CliError(`Unknown file format '${outFormat}'`);
+    throw new CliError(`-O ${outFormat}: qcow2 convert writes raw and qcow2 images only`);
   }
-  if (compress) throw new CliError('Compression not supported for this file format');
-  if (backing !== undefined) throw new CliError(`Backing file not supported for file format 'raw'`);
-  if (createOptions !== undefined) throw new CliError(`-o ${createOptions}: creation options are not supported by qcow2 convert`);
+  if (createOptions !== undefined && hasHelpOption(createOptions)) {
+    ctx.out(createOptionsHelp(outFormat, true));
+    return 0;
+  }
+  if (compress && outFormat === 'raw') throw new CliError('Compression not supported for this file format');
+  if (backing !== undefined) {
+    if (outFormat === 'raw') throw new CliError(`Backing file not supported for file format 'raw'`);
+    throw new CliError('-B: a backing file for the output is not supported by qcow2 convert');
+  }
+  if (createOptions !== undefined && outFormat === 'raw') {
+    throw new CliError(`-o ${createOptions}: creation options are not supported for raw output by qcow2 convert`);
+  }
   const snapshotParam = options.snapshot === undefined ? undefined : parseSnapshotParam(options.snapshot);
   if (snapshotParam !== undefined && sources.length > 1) {
     throw new CliError('No support for concatenating multiple snapshot');
@@ -162,7 +176,8 @@ export async function convertCommand(ctx: Context, argv: readonly string[]): Pro
       opened.push(view);
       toCopy = [view];
     }
-    await copyToRaw(ctx, toCopy, target, options, progress);
+    if (outFormat === 'raw') await copyToRaw(ctx, toCopy, target, options, progress);
+    else await copyToQcow2(ctx, toCopy, target, options, { compress, list: createOptions }, progress);
   } finally {
     for (const image of opened.reverse()) await image.close().catch(() => undefined);
     progress.end();
@@ -320,4 +335,307 @@ async function writeChunk(
   const tailZero = zeroStart >= 0 && chunk.length - zeroStart >= minSparse;
   const end = tailZero ? zeroStart : chunk.length;
   if (end > spanStart) await writeOut(output, chunk.subarray(spanStart, end), offset + spanStart, targetError);
+}
+
+interface Qcow2Target {
+  compress: boolean;
+  /** The -o option list. */
+  list: string | undefined;
+}
+
+type WritableImage = ImageLike & Required<Pick<ImageLike, 'write' | 'writeZeroes' | 'writeCompressed' | 'flush'>>;
+
+/** Writes in flight: one, so clusters are allocated in guest order as qemu-img convert (without -W) allocates them. */
+const IN_FLIGHT = 1;
+
+/**
+ * qemu-img convert -O qcow2: the target created with the -o options and the sources' total size,
+ * then opened writable. Unallocated and zero runs of the sources are left alone (a new qcow2 image
+ * reads as zeros: qemu's has_zero_init), and so are runs of at least -S zero bytes inside data;
+ * with -n (an existing target) they are written as zeros instead. With -c every cluster with data
+ * is written compressed, whole (the last one may be short at the end of the image), all-zero
+ * clusters left unallocated.
+ */
+async function copyToQcow2(
+  ctx: Context,
+  sources: readonly ImageLike[],
+  target: string,
+  options: ConvertOptions,
+  qcow2: Qcow2Target,
+  progress: Progress,
+): Promise<void> {
+  const sizes = sources.map((s) => Math.ceil(s.virtualSize / SECTOR) * SECTOR);
+  const total = sizes.reduce((a, b) => a + b, 0);
+  const targetError = (error: unknown): CliError =>
+    new CliError(`${target}: error while converting qcow2: ${describeError(error)}`, { cause: error });
+  if (!options.noCreate) {
+    const opts = new QemuOpts(QCOW2_CREATE_OPTS);
+    if (qcow2.list !== undefined) opts.parse(qcow2.list);
+    opts.set('size', String(total));
+    if (opts.has('backing_file')) throw new CliError('-o backing_file: a backing file for the output is not supported by qcow2 convert');
+    if (qcow2.compress) {
+      if (opts.get('encryption')?.value === true || opts.has('encrypt.format')) {
+        throw new CliError('Compression and encryption not supported at the same time');
+      }
+      const preallocation = opts.get('preallocation')?.str;
+      if (preallocation !== undefined && preallocation !== 'off') {
+        throw new CliError('Compression and preallocation not supported at the same time');
+      }
+    }
+    let create: CreateOptions;
+    try {
+      create = qcow2CreateOptions(opts);
+    } catch (error) {
+      throw targetError(error);
+    }
+    create.size = total;
+    try {
+      await ctx.host.createImage(target, 'qcow2', create);
+    } catch (error) {
+      throw targetError(error);
+    }
+  }
+  let image: ImageLike;
+  try {
+    image = await ctx.host.openImage(target, {
+      format: 'qcow2',
+      backing: true,
+      writable: true,
+      cacheMode: options.flush ? 'writeback' : 'unsafe',
+    });
+  } catch (error) {
+    throw new CliError(describeError(error), { cause: error });
+  }
+  try {
+    if (image.readOnly !== false || typeof image.write !== 'function') {
+      throw new CliError(`Could not open '${target}': the engine cannot write images yet`);
+    }
+    if (options.noCreate && image.virtualSize < total) throw new CliError('output file is smaller than input file');
+    await copyInto(sources, sizes, image as WritableImage, options, qcow2.compress, progress, targetError);
+    if (options.flush) {
+      try {
+        await image.flush!();
+      } catch (error) {
+        throw targetError(error);
+      }
+    }
+    progress.set(100);
+  } finally {
+    await image.close().catch(() => undefined);
+  }
+}
+
+async function copyInto(
+  sources: readonly ImageLike[],
+  sizes: readonly number[],
+  image: WritableImage,
+  options: ConvertOptions,
+  compress: boolean,
+  progress: Progress,
+  targetError: (error: unknown) => CliError,
+): Promise<void> {
+  const zeroInit = !options.noCreate;
+  const minSparse = options.minSparse;
+  const cluster = image.clusterSize ?? 65536;
+  // Progress follows the bytes that need copying.
+  let work = 0;
+  const plans: { image: ImageLike; base: number; extents: Awaited<ReturnType<ImageLike['extents']>> }[] = [];
+  let base = 0;
+  for (const [i, source] of sources.entries()) {
+    let extents;
+    try {
+      extents = source.virtualSize > 0 ? await source.extents(0, source.virtualSize) : [];
+    } catch (error) {
+      throw new CliError(`error while reading block status at offset ${base}: ${describeError(error)}`, { cause: error });
+    }
+    for (const e of extents) if (e.kind === 'data' || !zeroInit || minSparse === 0) work += e.length;
+    plans.push({ image: source, base, extents });
+    base += sizes[i] as number;
+  }
+  const total = base;
+  let done = 0;
+  const advance = (n: number): void => {
+    done += n;
+    progress.set(work === 0 ? 100 : (done / work) * 100);
+  };
+  const pool = new RequestPool(IN_FLIGHT);
+  const run = (fn: () => Promise<void>): Promise<void> =>
+    pool.run(async () => {
+      try {
+        await fn();
+      } catch (error) {
+        throw isCliError(error) ? error : targetError(error);
+      }
+    });
+  const read = async (source: ImageLike, dst: Uint8Array, offset: number, at: number): Promise<void> => {
+    try {
+      await source.read(dst, offset);
+    } catch (error) {
+      throw new CliError(`error while reading at byte ${at + offset}: ${describeError(error)}`, { cause: error });
+    }
+  };
+
+  if (compress) {
+    // Whole target clusters: one read (across extents and sources), one compressed write.
+    for (let at = 0; at < total; at += cluster) {
+      const length = Math.min(cluster, total - at);
+      const pieces = piecesOf(plans, sizes, at, length);
+      if (pieces.every((p) => !p.data)) {
+        if (!zeroInit) await run(() => image.writeZeroes(at, length, { mayUnmap: true }));
+        if (!zeroInit || minSparse === 0) advance(length);
+        continue;
+      }
+      const buffer = new Uint8Array(length);
+      for (const p of pieces) if (p.data) await read(p.image, buffer.subarray(p.into, p.into + p.length), p.offset, p.base);
+      await run(async () => {
+        if (!isZero(buffer)) await image.writeCompressed(buffer, at);
+        else if (!zeroInit) await image.writeZeroes(at, length, { mayUnmap: true });
+      });
+      advance(pieces.reduce((sum, p) => sum + (p.data || !zeroInit || minSparse === 0 ? p.length : 0), 0));
+    }
+  } else {
+    for (const { image: source, base: at, extents } of plans) {
+      for (const e of extents) {
+        const isData = e.kind === 'data';
+        if (!isData && zeroInit && minSparse !== 0) continue;
+        for (let pos = e.offset; pos < e.offset + e.length; pos += CHUNK) {
+          const n = Math.min(CHUNK, e.offset + e.length - pos);
+          const offset = at + pos;
+          if (!isData) {
+            await run(() => image.writeZeroes(offset, n, { mayUnmap: true }));
+          } else {
+            const chunk = new Uint8Array(n);
+            await read(source, chunk, pos, at);
+            await run(() => writeSparse(image, chunk, offset, zeroInit ? minSparse : 0, zeroInit));
+          }
+          advance(n);
+        }
+      }
+    }
+  }
+  await pool.drain();
+}
+
+interface Piece {
+  image: ImageLike;
+  /** Offset in the source. */
+  offset: number;
+  /** Where the source starts in the target. */
+  base: number;
+  /** Where the piece goes in the cluster buffer. */
+  into: number;
+  length: number;
+  data: boolean;
+}
+
+/** What of the sources lands in the target range [at, at + length), extent by extent. */
+function piecesOf(
+  plans: readonly { image: ImageLike; base: number; extents: Awaited<ReturnType<ImageLike['extents']>> }[],
+  sizes: readonly number[],
+  at: number,
+  length: number,
+): Piece[] {
+  const pieces: Piece[] = [];
+  const end = at + length;
+  for (const [i, plan] of plans.entries()) {
+    const size = sizes[i] as number;
+    if (plan.base >= end || plan.base + size <= at) continue;
+    const from = Math.max(at, plan.base) - plan.base;
+    const to = Math.min(end, plan.base + size) - plan.base;
+    let covered = from;
+    for (const e of extentsIn(plan.extents, from, to)) {
+      const s = Math.max(e.offset, from);
+      const t = Math.min(e.offset + e.length, to);
+      if (s > covered) pieces.push({ image: plan.image, offset: covered, base: plan.base, into: plan.base + covered - at, length: s - covered, data: false });
+      pieces.push({ image: plan.image, offset: s, base: plan.base, into: plan.base + s - at, length: t - s, data: e.kind === 'data' });
+      covered = t;
+    }
+    // Past the end of a source whose size is not a sector multiple: zeros.
+    if (covered < to) pieces.push({ image: plan.image, offset: covered, base: plan.base, into: plan.base + covered - at, length: to - covered, data: false });
+  }
+  return pieces;
+}
+
+/** The extents overlapping [from, to), found by binary search (extents are sorted). */
+function extentsIn<T extends { offset: number; length: number }>(extents: readonly T[], from: number, to: number): T[] {
+  let lo = 0;
+  let hi = extents.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const e = extents[mid] as T;
+    if (e.offset + e.length <= from) lo = mid + 1;
+    else hi = mid;
+  }
+  const out: T[] = [];
+  for (let i = lo; i < extents.length && (extents[i] as T).offset < to; i++) out.push(extents[i] as T);
+  return out;
+}
+
+/**
+ * Writes `chunk` at `offset`, leaving out runs of zero sectors of at least `minSparse` bytes
+ * (0: everything written); with `zeroInit` false (an existing target) those runs are written as
+ * zeros instead.
+ */
+async function writeSparse(image: WritableImage, chunk: Uint8Array, offset: number, minSparse: number, zeroInit: boolean): Promise<void> {
+  if (minSparse === 0) {
+    await image.write(chunk, offset);
+    return;
+  }
+  const skip = async (start: number, end: number): Promise<void> => {
+    if (!zeroInit) await image.writeZeroes(offset + start, end - start, { mayUnmap: true });
+  };
+  if (isZero(chunk)) {
+    await skip(0, chunk.length);
+    return;
+  }
+  let spanStart = 0;
+  let zeroStart = -1;
+  for (let s = 0; s < chunk.length; s += SECTOR) {
+    const e = Math.min(s + SECTOR, chunk.length);
+    if (isZero(chunk, s, e)) {
+      if (zeroStart < 0) zeroStart = s;
+      continue;
+    }
+    if (zeroStart >= 0 && s - zeroStart >= minSparse) {
+      if (zeroStart > spanStart) await image.write(chunk.subarray(spanStart, zeroStart), offset + spanStart);
+      await skip(zeroStart, s);
+      spanStart = s;
+    }
+    zeroStart = -1;
+  }
+  const tailZero = zeroStart >= 0 && chunk.length - zeroStart >= minSparse;
+  const end = tailZero ? zeroStart : chunk.length;
+  if (end > spanStart) await image.write(chunk.subarray(spanStart, end), offset + spanStart);
+  if (tailZero) await skip(zeroStart, chunk.length);
+}
+
+/** At most `limit` requests at once; the first failure is rethrown by the next run() or drain(). */
+class RequestPool {
+  readonly #limit: number;
+  readonly #running = new Set<Promise<void>>();
+  #failure: { error: unknown } | undefined;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  async run(fn: () => Promise<void>): Promise<void> {
+    while (this.#running.size >= this.#limit) await Promise.race(this.#running);
+    this.#check();
+    const p: Promise<void> = fn()
+      .catch((error: unknown) => {
+        this.#failure ??= { error };
+      })
+      .finally(() => this.#running.delete(p));
+    this.#running.add(p);
+  }
+
+  async drain(): Promise<void> {
+    while (this.#running.size > 0) await Promise.race(this.#running);
+    this.#check();
+  }
+
+  #check(): void {
+    if (this.#failure !== undefined) throw this.#failure.error;
+  }
 }
