@@ -1,0 +1,2 @@
+export { checkImage } from './check-image.js';
+export type { CheckMessage, CheckOptions, CheckRepair, CheckResult } from './check-image.js';
