@@ -108,6 +108,8 @@ const ZERO_CHUNK = 1 << 20;
 /** Above this, a write with copy-on-write goes out as head, body and tail instead of one copy. */
 const MERGE_LIMIT = 1 << 20;
 const RESOLVED: Promise<void> = Promise.resolve();
+/** Frees waiting for a flush beyond which one is forced (memory stays bounded without flushes). */
+const MAX_PENDING_FREES = 4096;
 
 function u32(b: Uint8Array, i: number): number {
   return ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
@@ -168,6 +170,8 @@ export class ClusterWriter {
   readonly #locks = new RangeLock();
   readonly #metadata = new Mutex();
   #zeros: Uint8Array | undefined;
+  /** Host ranges to free once the L2 tables that dropped them are durable: offset, length, type. */
+  #pending: [number, number, DiscardType][] = [];
   #inflight = 0;
   #idle: (() => void)[] = [];
   #closed = false;
@@ -313,10 +317,11 @@ export class ClusterWriter {
     return new Promise((resolve) => this.#idle.push(resolve));
   }
 
-  /** Refuses later operations (CLOSED) and waits for those in flight. */
+  /** Refuses later operations (CLOSED), waits for those in flight and frees what they released. */
   async close(): Promise<void> {
     this.#closed = true;
     await this.drain();
+    await this.releaseFrees();
   }
 
   // ------------------------------------------------------------------ operation frame
@@ -940,28 +945,35 @@ export class ClusterWriter {
 
   // ------------------------------------------------------------------ freeing
 
-  /** qemu's qcow2_free_any_cluster for entries no L2 table points at any more. */
+  /**
+   * qemu's qcow2_free_any_cluster for entries no L2 table points at any more, deferred: the
+   * host clusters are freed (refcounts lowered, discards sent) by {@link releaseFrees} once the
+   * L2 tables that dropped them are durable. Freed at once, a cluster could be reused and
+   * overwritten while the L2 table on disk still points at it, and a crash would then lose
+   * data that was flushed before.
+   */
   async #freeEntries(entries: readonly (readonly [number, number])[], type: DiscardType): Promise<void> {
     const cs = this.clusterSize;
-    const ranges: [number, number][] = [];
     const dataDiscards: number[] = [];
     for (const [hi, lo] of entries) {
       const kind = l2EntryType(hi, lo, this.#extended, this.#dataFile);
       if (kind === L2_COMPRESSED) {
         if (this.#dataFile) continue;
-        ranges.push([compressedHostOffset(hi, lo, this.#clusterBits), compressedByteLength(hi, lo, this.#clusterBits)]);
+        this.#pending.push([compressedHostOffset(hi, lo, this.#clusterBits), compressedByteLength(hi, lo, this.#clusterBits), type]);
       } else if (kind === L2_NORMAL || kind === L2_ZERO_ALLOC) {
         if ((hi & ABOVE_2_53_HI) !== 0) continue; // past any file: nothing to free
         const host = (hi & OFFSET_MASK_HI) * TWO_POW_32 + ((lo & OFFSET_MASK_LO) >>> 0);
         if (host % cs !== 0) throw corrupt(`${this.#what}: cannot free unaligned cluster ${hex(host)}`);
+        // A data file cluster belongs to its guest cluster alone: nothing else can reuse it, and
+        // the guest asked for zeros (discard, unmapping zero write) or overwrote it (never
+        // discarded), so its discard may go out at once.
         if (this.#dataFile) dataDiscards.push(host);
-        else ranges.push([host, cs]);
+        else this.#pending.push([host, cs, type]);
       }
     }
-    if (ranges.length === 0 && dataDiscards.length === 0) return;
-    await this.#freeRanges(ranges, type);
     const data = this.#data;
     if (dataDiscards.length > 0 && this.#passDiscard[type] && data.canDiscard && typeof data.discard === 'function') {
+      if (this.#o.beforeFree !== undefined) await this.#o.beforeFree();
       for (const host of dataDiscards) {
         try {
           await data.discard(host, cs);
@@ -970,9 +982,36 @@ export class ClusterWriter {
         }
       }
     }
+    if (this.#pending.length >= MAX_PENDING_FREES) await this.releaseFrees();
   }
 
-  /** Lowers the refcounts of host ranges once reads that may use them are done. */
+  /** Host clusters waiting for {@link releaseFrees}. */
+  get pendingFrees(): number {
+    return this.#pending.length;
+  }
+
+  /**
+   * Frees the host clusters that lost their last guest reference: first the L2 tables are
+   * written back and the image file flushed (the references are gone on disk), then, once no
+   * read that may still use them is in flight, their refcounts are lowered (discards passed on
+   * as the policy says). Runs on flush, on close, and when many frees are waiting.
+   */
+  async releaseFrees(): Promise<void> {
+    if (this.#pending.length === 0) return;
+    const taken = this.#pending;
+    this.#pending = [];
+    try {
+      await this.#cache.writeBack();
+      await this.#io(() => this.#o.storage.flush(), 'flush before freeing clusters');
+      if (this.#o.beforeFree !== undefined) await this.#o.beforeFree();
+    } catch (error) {
+      this.#pending.push(...taken);
+      throw error;
+    }
+    for (const [offset, length, type] of taken) await this.#refcounts.free(offset, length, type);
+  }
+
+  /** Lowers the refcounts of host ranges no reference on disk points at, once reads that may use them are done. */
   async #freeRanges(ranges: readonly (readonly [number, number])[], type: DiscardType): Promise<void> {
     if (this.#o.beforeFree !== undefined) await this.#o.beforeFree();
     for (const [offset, length] of ranges) await this.#refcounts.free(offset, length, type);

@@ -118,13 +118,15 @@ export class Qcow2Writable {
 
   /**
    * Makes everything written before the call durable: the data file, then L2 tables (after the
-   * refcount blocks they depend on and a flush of the data they point at), then refcount
-   * blocks unless refcounts are lazy now, then one flush of the image file.
+   * refcount blocks they depend on and a flush of the data they point at), the host clusters
+   * they no longer point at freed, then refcount blocks unless refcounts are lazy now, then one
+   * flush of the image file.
    */
   async flush(): Promise<void> {
     if (this.#closed) return;
     const p = this.#p;
     if (p.dataFile !== undefined) await this.#io(() => p.dataFile!.flush(), 'external data file: flush');
+    await this.#writer?.releaseFrees();
     await p.l2Cache.writeBack();
     if (this.accurateRefcounts()) await p.refcounts.flush();
     else await this.#io(() => p.storage.flush(), 'flush');
