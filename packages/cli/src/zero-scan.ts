@@ -42,3 +42,39 @@ export function firstNonzeroSector(bytes: Uint8Array): number {
   }
   return -1;
 }
+
+/**
+ * Which 512-byte sectors of `bytes` are all zeros (1) or not (0): 64 KiB blocks compared natively
+ * first, the sectors of a block that is not all zeros checked word by word, stopping at the first
+ * non-zero word (data sectors usually stop at once).
+ */
+export function zeroSectors(bytes: Uint8Array): Uint8Array {
+  const sectors = Math.ceil(bytes.length / SECTOR);
+  const flags = new Uint8Array(sectors);
+  const aligned = bytes.byteOffset % 4 === 0;
+  const words = aligned ? new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2) : undefined;
+  const BLOCK = 65536;
+  for (let block = 0; block < bytes.length; block += BLOCK) {
+    const end = Math.min(block + BLOCK, bytes.length);
+    if (end - block === BLOCK && view(bytes, block, end).equals(ZEROS.subarray(0, BLOCK))) {
+      flags.fill(1, block / SECTOR, end / SECTOR);
+      continue;
+    }
+    for (let s = block; s < end; s += SECTOR) {
+      const e = Math.min(s + SECTOR, end);
+      let zero = true;
+      if (words !== undefined && e - s === SECTOR) {
+        for (let w = s >>> 2, stop = e >>> 2; w < stop; w++) {
+          if (words[w] !== 0) {
+            zero = false;
+            break;
+          }
+        }
+      } else {
+        zero = isZero(bytes, s, e);
+      }
+      if (zero) flags[s / SECTOR] = 1;
+    }
+  }
+  return flags;
+}

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { firstDifferingSector, firstNonzeroSector, isZero } from '../src/zero-scan.js';
+import { firstDifferingSector, firstNonzeroSector, isZero, zeroSectors } from '../src/zero-scan.js';
 
 function naiveFirstDiff(a: Uint8Array, b: Uint8Array): number {
   for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) return i - (i % 512);
@@ -21,6 +21,23 @@ describe('sector scans', () => {
         expect(isZero(b)).toBe(first < 0);
       }),
       { numRuns: 200 },
+    );
+  });
+
+  it('zeroSectors flags exactly the all-zero sectors (aligned or not, whole 64 KiB blocks or not)', () => {
+    fc.assert(
+      fc.property(sizes, fc.nat({ max: 3 }), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { maxLength: 40 }), (size, shift, pokes) => {
+        const backing = new Uint8Array(size + shift);
+        const bytes = backing.subarray(shift);
+        for (const [at, value] of pokes) bytes[at % size] = value;
+        const flags = zeroSectors(bytes);
+        expect(flags.length).toBe(Math.ceil(size / 512));
+        for (let s = 0; s < flags.length; s++) {
+          const zero = bytes.subarray(s * 512, Math.min(size, s * 512 + 512)).every((b) => b === 0);
+          if ((flags[s] === 1) !== zero) expect({ sector: s, flag: flags[s] }).toEqual({ sector: s, flag: zero ? 1 : 0 });
+        }
+      }),
+      { numRuns: 150 },
     );
   });
 

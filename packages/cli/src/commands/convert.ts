@@ -7,7 +7,7 @@ import type { ImageLike, OutputFile } from '../host.js';
 import { checkCacheMode, cvtnum, isQemuDriver } from '../options.js';
 import { hasHelpOption, isValidOptionList, QemuOpts } from '../qemu-opts.js';
 import { Progress } from '../progress.js';
-import { isZero } from '../zero-scan.js';
+import { isZero, zeroSectors } from '../zero-scan.js';
 import { findSnapshot, parseSnapshotParam } from '../snapshot-param.js';
 import { checkGetopt } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
@@ -318,11 +318,12 @@ async function writeChunk(
     return;
   }
   if (isZero(chunk)) return;
+  const zero = zeroSectors(chunk);
   let spanStart = 0; // start of the bytes not yet written or skipped
   let zeroStart = -1;
-  for (let s = 0; s < chunk.length; s += SECTOR) {
-    const e = Math.min(s + SECTOR, chunk.length);
-    if (isZero(chunk, s, e)) {
+  for (let i = 0; i < zero.length; i++) {
+    const s = i * SECTOR;
+    if (zero[i] === 1) {
       if (zeroStart < 0) zeroStart = s;
       continue;
     }
@@ -459,6 +460,8 @@ async function copyInto(
     progress.set(work === 0 ? 100 : (done / work) * 100);
   };
   const pool = new RequestPool(IN_FLIGHT);
+  // Buffers are reused (fresh ones cost page faults): one more than the writes in flight.
+  const ring = new BufferRing(IN_FLIGHT + 1, compress ? cluster : CHUNK);
   const run = (fn: () => Promise<void>): Promise<void> =>
     pool.run(async () => {
       try {
@@ -485,7 +488,8 @@ async function copyInto(
         if (!zeroInit || minSparse === 0) advance(length);
         continue;
       }
-      const buffer = new Uint8Array(length);
+      const buffer = ring.next().subarray(0, length);
+      buffer.fill(0);
       for (const p of pieces) if (p.data) await read(p.image, buffer.subarray(p.into, p.into + p.length), p.offset, p.base);
       await run(async () => {
         if (!isZero(buffer)) await image.writeCompressed(buffer, at);
@@ -504,7 +508,7 @@ async function copyInto(
           if (!isData) {
             await run(() => image.writeZeroes(offset, n, { mayUnmap: true }));
           } else {
-            const chunk = new Uint8Array(n);
+            const chunk = ring.next().subarray(0, n);
             await read(source, chunk, pos, at);
             await run(() => writeSparse(image, chunk, offset, zeroInit ? minSparse : 0, zeroInit));
           }
@@ -588,11 +592,12 @@ async function writeSparse(image: WritableImage, chunk: Uint8Array, offset: numb
     await skip(0, chunk.length);
     return;
   }
+  const zero = zeroSectors(chunk);
   let spanStart = 0;
   let zeroStart = -1;
-  for (let s = 0; s < chunk.length; s += SECTOR) {
-    const e = Math.min(s + SECTOR, chunk.length);
-    if (isZero(chunk, s, e)) {
+  for (let i = 0; i < zero.length; i++) {
+    const s = i * SECTOR;
+    if (zero[i] === 1) {
       if (zeroStart < 0) zeroStart = s;
       continue;
     }
@@ -607,6 +612,22 @@ async function writeSparse(image: WritableImage, chunk: Uint8Array, offset: numb
   const end = tailZero ? zeroStart : chunk.length;
   if (end > spanStart) await image.write(chunk.subarray(spanStart, end), offset + spanStart);
   if (tailZero) await skip(zeroStart, chunk.length);
+}
+
+/** `count` buffers of `size` bytes handed out in turn. */
+class BufferRing {
+  readonly #buffers: Uint8Array[];
+  #at = 0;
+
+  constructor(count: number, size: number) {
+    this.#buffers = Array.from({ length: count }, () => new Uint8Array(size));
+  }
+
+  next(): Uint8Array {
+    const buffer = this.#buffers[this.#at] as Uint8Array;
+    this.#at = (this.#at + 1) % this.#buffers.length;
+    return buffer;
+  }
 }
 
 /** At most `limit` requests at once; the first failure is rethrown by the next run() or drain(). */
