@@ -241,10 +241,8 @@ async function runWriteBench(image: BenchTarget, plan: BenchPlan, settings: Writ
     const remaining = n - inFlight;
     n -= 1;
     inFlight -= 1;
-    if (n === 0) {
-      finish();
-      return;
-    }
+    // The last completion can start a flush too; the run is over either way (qemu's loop ends at n == 0).
+    if (n === 0) finish();
     if (settings.flushInterval !== 0 && remaining % settings.flushInterval === 0) {
       if (inFlight === 0 || !settings.drain) {
         if (settings.drain) {
