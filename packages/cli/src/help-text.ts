@@ -7,29 +7,35 @@ export function versionText(version: string): string {
 /** qemu-img's help, for the commands this tool has. */
 export function helpText(version: string): string {
   return `${versionText(version)}usage: ${PROGRAM} [standard options] command [command options]
-QEMU disk image utility (read-only commands, qemu-img 7.2 syntax)
+QEMU disk image utility (qemu-img 7.2 syntax)
 
     '-h', '--help'       display this help and exit
     '-V', '--version'    output version information and exit
 
 Command syntax:
-  bench [-c count] [-d depth] [-f fmt] [-i aio] [-n] [-o offset] [-q] [-s buffer_size] [-S step_size] [-t cache] [-U] filename
+  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
   compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
-  convert [-U] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-l snapshot_param] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename
+  convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-o options] [-l snapshot_param] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename
+  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
-  io [-f fmt] [-r] [-U] [-t cache] [-c command]... filename
+  io [-f fmt] [-r] [-U] [-t cache] [-d discard] [-c command]... filename
   map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
 
 Command parameters:
   'filename' is a disk image filename
   'fmt' is the disk image format (qcow2 or raw). It is guessed automatically when absent
-  'cache' and 'src_cache' are accepted for compatibility (none, writeback, writethrough,
-    directsync, unsafe); the engine has its own cache
+  'cache' is the cache mode for writes: 'unsafe' never flushes, 'writethrough' flushes after
+    every write, 'writeback' (and 'none', 'directsync') flush when asked; 'src_cache' is accepted
+    for compatibility
+  'options' is a comma-separated list of format-specific options in a name=value format
+    (see '-o help'); 'backing_file' and 'backing_fmt' name the backing file and its format
   'size', 'offset', 'len' and 'sparse_size' take the suffixes 'k' or 'K' (kilobyte, 1024),
     'M' (megabyte, 1024k), 'G' (gigabyte, 1024M), 'T' (terabyte, 1024G), 'P' (petabyte, 1024T)
     and 'E' (exabyte, 1024P); 'b' is ignored
   'output_filename' is the destination disk image filename
-  'output_fmt' is the destination format: raw
+  'output_fmt' is the destination format: raw or qcow2
+  '-c' indicates that the target image must be compressed (qcow2 only)
+  '-u' creates the image without opening the backing file (its size must be given)
   'snapshot_param' is param used for internal snapshot, format
     is 'snapshot.id=[ID],snapshot.name=[NAME]', or '[ID_OR_NAME]'
   '-p' show progress of command (only certain commands)
@@ -50,8 +56,15 @@ Parameters to compare subcommand:
 
 Parameters to io subcommand:
   '-c' runs a qemu-io command: read [-bCqv] [-P pattern [-s off] [-l len]] off len,
-       readv [-Cqv] [-P pattern] off len [len..], length, map, alloc off [count],
-       help [command], quit
+       readv [-Cqv] [-P pattern] off len [len..], write [-cCfqzu] [-P pattern | -s file] off len,
+       writev [-Cfq] [-P pattern] off len [len..], discard [-Cq] off len, flush, length, map,
+       alloc off [count], help [command], quit
+  '-r' opens the image read-only (else it is opened for writing)
+
+Parameters to bench subcommand:
+  '-w' runs write requests (of the '--pattern' byte, default 0) instead of reads
+  '--flush-interval' flushes after every that many requests, the queue drained first
+       unless '--no-drain'
 
 Supported formats: qcow2 raw
 `;
