@@ -75,6 +75,12 @@ export interface ClusterWriterOptions {
   /** For compressed writes. */
   readonly compressor?: ClusterCompressor;
   /**
+   * Where the data file ends as far as anything was ever written to it: clusters allocated at or
+   * past it read as zeros, so copy-on-write zeros need not be written there (qemu writes them
+   * with write_zeroes). Without it, they always are.
+   */
+  readonly writtenEnd?: () => number;
+  /**
    * qemu's discard=unmap (BDRV_O_UNMAP): discard requests are carried out and writeZeroes may
    * deallocate. Default false: discard does nothing (discard=ignore).
    */
@@ -120,6 +126,18 @@ function setU32(b: Uint8Array, i: number, v: number): void {
   b[i + 1] = (v >>> 16) & 0xff;
   b[i + 2] = (v >>> 8) & 0xff;
   b[i + 3] = v & 0xff;
+}
+
+function isZero(bytes: Uint8Array): boolean {
+  let i = 0;
+  const n = bytes.length;
+  if (bytes.byteOffset % 4 === 0) {
+    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, n >>> 2);
+    for (let w = 0; w < words.length; w++) if (words[w] !== 0) return false;
+    i = words.length * 4;
+  }
+  for (; i < n; i++) if (bytes[i] !== 0) return false;
+  return true;
 }
 
 function isSize(value: unknown): value is number {
@@ -537,8 +555,10 @@ export class ClusterWriter {
       host = await this.#refcounts.allocClusters(count);
       if (host === 0) throw corrupt(`${this.#what}: data cluster for guest offset ${hex(clusterStart)} would be allocated at offset 0`);
     }
+    // Never written: it reads as zeros already (checked now, before anything is written there).
+    const fresh = this.#o.writtenEnd !== undefined && host + cow.from >= this.#o.writtenEnd();
     try {
-      await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow);
+      await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow, fresh);
     } catch (error) {
       if (!this.#dataFile) await this.#refcounts.free(host, count * cs, 'never').catch(() => undefined);
       throw error;
@@ -608,6 +628,7 @@ export class ClusterWriter {
     clusterStart: number,
     host: number,
     cow: CowBounds,
+    fresh = false,
   ): Promise<void> {
     const inCluster = offset - clusterStart;
     const headLength = inCluster - cow.from;
@@ -615,6 +636,19 @@ export class ClusterWriter {
     const body = src.subarray(pos, pos + bytes);
     if (headLength === 0 && tailLength === 0) {
       await this.#writeData(body, host + inCluster);
+      return;
+    }
+    if (fresh) {
+      // Copy-on-write of zeros into clusters that read as zeros: only what is not zero is written.
+      const head = new Uint8Array(headLength);
+      const tail = new Uint8Array(tailLength);
+      if (headLength > 0) await this.#readGuest(head, clusterStart + cow.from);
+      if (tailLength > 0) await this.#readGuest(tail, offset + bytes);
+      const zeroHead = isZero(head);
+      const zeroTail = isZero(tail);
+      if (!zeroHead) await this.#writeData(head, host + cow.from);
+      await this.#writeData(body, host + inCluster);
+      if (!zeroTail) await this.#writeData(tail, host + inCluster + bytes);
       return;
     }
     if (cow.to - cow.from <= MERGE_LIMIT) {

@@ -34,7 +34,7 @@ import { openRefcounts, type DiscardPolicy, type Refcounts } from '@qcow2/refcou
 import type { Storage } from '@qcow2/storage';
 import { combineName } from './backing-name.js';
 import { Qcow2Image, type Qcow2Parts } from './qcow2-image.js';
-import { Qcow2Writable, withoutFlush } from './qcow2-writable.js';
+import { Qcow2Writable, WriteTrackingStorage } from './qcow2-writable.js';
 import { ReadEpochs } from './read-epochs.js';
 import { layoutOf, repairRefcounts } from './refcount-check.js';
 import { readSnapshotTable, type StoredSnapshot } from './snapshot-table.js';
@@ -62,7 +62,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
   if (writable && callerStorage.readOnly) {
     throw new Qcow2Error('READ_ONLY', `${what}: cannot open for writing, the storage is read-only`);
   }
-  const storage = writable && unsafe ? withoutFlush(callerStorage) : callerStorage;
+  const storage = writable ? new WriteTrackingStorage(callerStorage, await callerStorage.size(), unsafe) : callerStorage;
 
   const probe = new Uint8Array(HEADER_CLUSTER_SIZE_PROBE);
   await readFully(storage, probe, 0);
@@ -113,6 +113,8 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
   let refcounts: Refcounts | undefined;
   try {
     let data = storage;
+    /** What reads go to: the storage itself, without the write tracking. */
+    let dataForReads = callerStorage;
     let dataName = name;
     let dataSize = fileSize;
     const dataFileName = findHeaderExtension(extensions, 'data-file')?.name;
@@ -130,13 +132,14 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         throw prefixed(`${what}: external data file '${dataFileName}'`, error);
       }
       owned.push(data);
+      dataForReads = data;
       if (writable && data.readOnly) {
         throw new Qcow2Error(
           'READ_ONLY',
           `${what}: external data file '${dataFileName}' was opened read-only (pass a dataFileResolver that opens it for writing)`,
         );
       }
-      if (writable && unsafe) data = withoutFlush(data);
+      if (writable) data = new WriteTrackingStorage(data, await data.size(), unsafe);
       dataName = combineName(name, dataFileName);
       dataSize = await data.size();
     }
@@ -223,7 +226,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
     const parts: Qcow2Parts = {
       name,
       storage,
-      data,
+      data: dataForReads,
       dataName,
       dataSize,
       l2Cache: cache,
@@ -270,6 +273,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         externalDataFile: hasDataFile,
         dataFileRaw: (header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n,
         hasBacking: backing !== undefined,
+        writtenEnd: () => (data as WriteTrackingStorage).writtenEnd,
         guest: {
           read: (dst, offset) => image.read(dst, offset),
           isZero: async (offset, length) => (await extentsOf(offset, length)).every((e) => e.kind !== 'data'),

@@ -155,25 +155,61 @@ export class Qcow2Writable {
   }
 }
 
-/** `storage` whose flush does nothing (qemu's cache=unsafe): every other call goes through. */
-export function withoutFlush(storage: Storage): Storage {
-  const wrapped: Storage = {
-    get readOnly() {
-      return storage.readOnly;
-    },
-    get canDiscard() {
-      return storage.canDiscard;
-    },
-    read: (dst, offset) => storage.read(dst, offset),
-    write: (src, offset) => storage.write(src, offset),
-    size: () => storage.size(),
-    truncate: (size) => storage.truncate(size),
-    flush: () => Promise.resolve(),
-    close: () => storage.close(),
-  };
-  if (typeof storage.discard === 'function') {
-    const discard = storage.discard.bind(storage);
-    wrapped.discard = (offset, length) => discard(offset, length);
+/**
+ * The storage of a writable image as the engine uses it: every write and truncate moves a
+ * high-water mark (what lies at and past it was never written, so it reads as zeros), and with
+ * `noFlush` (qemu's cache=unsafe) flush does nothing.
+ */
+export class WriteTrackingStorage implements Storage {
+  readonly #inner: Storage;
+  readonly #noFlush: boolean;
+  /** Offsets at and past it were never written through this storage, nor before it was opened. */
+  writtenEnd: number;
+
+  constructor(inner: Storage, size: number, noFlush: boolean) {
+    this.#inner = inner;
+    this.#noFlush = noFlush;
+    this.writtenEnd = size;
+    if (typeof inner.discard === 'function') {
+      const discard = inner.discard.bind(inner);
+      this.discard = (offset, length) => discard(offset, length);
+    }
   }
-  return wrapped;
+
+  discard?: (offset: number, length: number) => Promise<void>;
+
+  get readOnly(): boolean {
+    return this.#inner.readOnly;
+  }
+
+  get canDiscard(): boolean {
+    return this.#inner.canDiscard;
+  }
+
+  read(dst: Uint8Array, offset: number): Promise<number> {
+    return this.#inner.read(dst, offset);
+  }
+
+  write(src: Uint8Array, offset: number): Promise<void> {
+    const end = offset + src.length;
+    if (end > this.writtenEnd && src.length > 0) this.writtenEnd = end;
+    return this.#inner.write(src, offset);
+  }
+
+  size(): Promise<number> {
+    return this.#inner.size();
+  }
+
+  truncate(size: number): Promise<void> {
+    if (size > this.writtenEnd) this.writtenEnd = size;
+    return this.#inner.truncate(size);
+  }
+
+  flush(): Promise<void> {
+    return this.#noFlush ? Promise.resolve() : this.#inner.flush();
+  }
+
+  close(): Promise<void> {
+    return this.#inner.close();
+  }
 }
