@@ -616,7 +616,11 @@ export class ClusterWriter {
   }
 
   async #writeData(src: Uint8Array, host: number): Promise<void> {
-    await this.#io(() => this.#data.write(src, host), `data at host offset ${hex(host)}: write`);
+    try {
+      await this.#data.write(src, host);
+    } catch (error) {
+      throw wrap(error, `${this.#what}: data at host offset ${hex(host)}: write`);
+    }
   }
 
   /** Writes the request's bytes with the copy-on-write bytes around them at `host`. */
