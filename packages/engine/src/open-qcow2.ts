@@ -166,8 +166,9 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
       l2Cache,
       externalDataFile: hasDataFile,
       strict: options.strict === true,
-      imageFileSize: fileSize,
-      dataFileSize: dataSize,
+      // A writable image grows: what lies past the end of the file at open is checked no more.
+      imageFileSize: writable ? Number.MAX_SAFE_INTEGER : fileSize,
+      dataFileSize: writable ? Number.MAX_SAFE_INTEGER : dataSize,
     });
 
     let writableState: Qcow2Writable | undefined;

@@ -98,6 +98,14 @@ describe('opening for writing', () => {
     await expect(image.flush()).rejects.toMatchObject({ code: 'CLOSED' });
   });
 
+  it('strict mode keeps reading tables and clusters the writes appended past the end of the file at open', async () => {
+    const storage = await fresh({ size: 8 * CS, clusterBits: 16 });
+    const image = await openImage(storage, { readOnly: false, strict: true, l2CacheSize: 1024, l2CacheEntrySize: 512 });
+    for (let i = 0; i < 8; i++) await image.write(new Uint8Array(CS).fill(i + 1), i * CS);
+    for (let i = 0; i < 8; i++) expect((await image.readBytes(i * CS, CS)).every((x) => x === i + 1)).toBe(true);
+    await image.close();
+  });
+
   it('discard does nothing without discard: unmap (qemu discard=ignore); writeZeroes then keeps clusters allocated', async () => {
     const storage = await fresh({ size: 4 * CS });
     const image = await openImage(storage, { readOnly: false });
