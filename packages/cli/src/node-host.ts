@@ -5,6 +5,7 @@ import { createMemoryStorage, isQcow2Error, Qcow2Error, type Storage, type Stora
 import { CliError, describeError, describeFileError, errnoOf } from './errors.js';
 import type { CacheMode, CliHost, HostOpenOptions, ImageFormat, ImageLike, OutputFile } from './host.js';
 import { pathCombine } from './path-combine.js';
+import { isHttpUrl, openUrlStorage, withUrlResolver } from './url-storage.js';
 
 /**
  * The host `main` uses on Node: images through @qcow2/engine over @qcow2/storage-node, backing
@@ -12,7 +13,8 @@ import { pathCombine } from './path-combine.js';
  * allowed), disk usage from `fs.stat`.
  */
 export function createNodeHost(): CliHost {
-  const nodeResolver = createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'] });
+  // Backing files named by http(s) URLs, or relative to an image opened from one, are read over HTTP.
+  const nodeResolver = withUrlResolver(createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'] }));
   const writableResolver = createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'], readOnly: false });
   /** For writable images (their external data file is written): read-write where the file allows it. */
   const readWriteResolver: StorageResolver = async (name, from) => {
@@ -42,9 +44,11 @@ export function createNodeHost(): CliHost {
       let storage: Storage;
       failed = undefined;
       // Until the engine can write, a writable open degrades to read-only (write commands then say so).
-      const writable = options.writable === true && (await engineWrites());
+      // An http:// or https:// operand is read over HTTP Range requests: always read-only.
+      const url = isHttpUrl(filename);
+      const writable = !url && options.writable === true && (await engineWrites());
       try {
-        storage = await createNodeStorage(filename, { readOnly: !writable });
+        storage = url ? await openUrlStorage(filename) : await createNodeStorage(filename, { readOnly: !writable });
       } catch (error) {
         throw new CliError(`Could not open '${filename}': ${describeFileError(error)}`, { cause: error });
       }
