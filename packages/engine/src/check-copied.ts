@@ -1,15 +1,15 @@
 import { L2_NORMAL, L2_ZERO_ALLOC, l2EntryType, viewOf } from '@qcow2/format';
 import type { Refcounts } from '@qcow2/refcount';
-import { clusterIndexOf, EFBIG_TEXT, hex64, u64, type HostOffset } from './check-bits.js';
-import { abortFrom, CheckAbort, strerrorOf, type CheckCounters, type CheckImage, type CheckMessage } from './check-state.js';
+import { addOffset, clusterIndexOf, EFBIG_TEXT, hex64, u64, type HostOffset } from './check-bits.js';
+import { abortFrom, CheckAbort, refcountBlockReadsAsZero, strerrorOf, type CheckCounters, type CheckImage, type CheckMessage } from './check-state.js';
 
 /** The stored refcount of a cluster, or undefined when it cannot be read (qemu: no message). */
-async function refcountOf(refcounts: Refcounts | undefined, cluster: number): Promise<number | undefined> {
+async function refcountOf(image: CheckImage, refcounts: Refcounts | undefined, cluster: number): Promise<number | undefined> {
   if (refcounts === undefined) return 0;
   try {
     return await refcounts.get(cluster);
   } catch {
-    return undefined;
+    return refcountBlockReadsAsZero(image, cluster) ? 0 : undefined;
   }
 }
 
@@ -32,20 +32,22 @@ export async function checkOflagCopied(
   const l1 = viewOf(image.l1Table);
   const l2 = new Uint8Array(cs);
   const l2View = viewOf(l2);
+  const fileSize = await image.fileSize();
   for (let i = 0; i < image.l1Size; i++) {
     const hi = l1.getUint32(i * 8);
     const lo = l1.getUint32(i * 8 + 4);
     const l2Offset: HostOffset = u64(hi & 0x00ff_ffff, (lo & 0xffff_fe00) >>> 0);
     if (l2Offset === 0) continue;
-    const refcount = await refcountOf(refcounts, clusterIndexOf(l2Offset, image.clusterBits));
+    const refcount = await refcountOf(image, refcounts, clusterIndexOf(l2Offset, image.clusterBits));
     if (refcount === undefined) continue;
     if ((refcount === 1) !== ((hi & 0x8000_0000) !== 0)) {
       res.corruptions++;
       say(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${refcount}`);
       if (repair) {
         l1.setUint32(i * 8, (refcount === 1 ? hi | 0x8000_0000 : hi & 0x7fff_ffff) >>> 0);
-        const at = image.l1Offset + i * 8;
+        const at = addOffset(image.l1Offset, i * 8);
         try {
+          if (typeof at !== 'number') throw new CheckAbort(EFBIG_TEXT);
           await image.preWriteOverlapCheck(emit, at, 8, ['active L1 table']);
           await image.write(image.l1Table.slice(i * 8, i * 8 + 8), at, true);
         } catch (error) {
@@ -56,6 +58,7 @@ export async function checkOflagCopied(
         res.corruptionsFixed++;
       }
     }
+    if (typeof l2Offset === 'bigint' || l2Offset >= fileSize) continue; // reads as zeros: nothing to check
     try {
       await image.read(l2, l2Offset);
     } catch (error) {
@@ -73,7 +76,7 @@ export async function checkOflagCopied(
       let rc: number | undefined = 1;
       if (!image.hasDataFile) {
         const data = u64(ehi & 0x00ff_ffff, (elo & 0xffff_fe00) >>> 0);
-        rc = await refcountOf(refcounts, clusterIndexOf(data, image.clusterBits));
+        rc = await refcountOf(image, refcounts, clusterIndexOf(data, image.clusterBits));
         if (rc === undefined) continue;
       }
       if ((rc === 1) !== ((ehi & 0x8000_0000) !== 0)) {

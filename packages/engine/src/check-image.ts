@@ -123,7 +123,10 @@ async function checkPass(image: CheckImage, fix: FixMode, emit: (m: CheckMessage
     ok = true;
   } finally {
     const refcounts = store.refcounts;
-    if (refcounts !== undefined) {
+    if (refcounts !== undefined && image.dead) {
+      // qemu made the image unusable: its cached refcount updates are never written.
+      refcounts.dispose();
+    } else if (refcounts !== undefined) {
       try {
         await refcounts.close();
       } catch (error) {
@@ -168,6 +171,7 @@ export async function checkImage(storage: Storage, options: CheckOptions = {}): 
   const image = await CheckImage.open(storage, { writable, signal });
   let first: CheckCounters;
   try {
+    await image.clearUnknownAutoclearBits();
     first = await checkPass(image, fix, emit);
   } catch (error) {
     if (error instanceof CheckAbort || isQcow2Error(error)) return { ...zeroCounters(), messages, failure: abortFrom(error).reason };

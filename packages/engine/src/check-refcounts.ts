@@ -14,6 +14,7 @@ import {
   addOffset,
   clusterIndexOf,
   EFBIG_TEXT,
+  EINVAL_TEXT,
   EIO_TEXT,
   ENOMEM_TEXT,
   hex64,
@@ -26,7 +27,7 @@ import {
 } from './check-bits.js';
 import { checkOflagCopied } from './check-copied.js';
 import { cStringText } from './check-snapshots.js';
-import { abortFrom, CheckAbort, strerrorOf, zeroCounters, type CheckCounters, type CheckImage, type CheckMessage } from './check-state.js';
+import { abortFrom, CheckAbort, refcountBlockReadsAsZero, strerrorOf, zeroCounters, type CheckCounters, type CheckImage, type CheckMessage } from './check-state.js';
 
 /** qemu's BdrvCheckMode. */
 export interface FixMode {
@@ -36,6 +37,14 @@ export interface FixMode {
 
 const NO_FIX: FixMode = { leaks: false, errors: false };
 const INT_MAX = 0x7fff_ffff;
+const INT64_MAX = 0x7fff_ffff_ffff_ffffn;
+/**
+ * A refcount block past the end of the file is repaired, as qemu does, by growing the file over
+ * it, but only as far as its in-memory refcounts stay within this (256 MiB: an 8 TiB file of
+ * 64 KiB clusters with 16-bit refcounts); further out, the file is "too large" and the
+ * structure is rebuilt instead.
+ */
+const MAX_GROWN_REFCOUNT_BYTES = 256 * 1024 * 1024;
 
 /** The stored refcounts of the image, or none when it has no refcount table. */
 export interface StoredRefcounts {
@@ -44,15 +53,20 @@ export interface StoredRefcounts {
 
 /** Opens the refcount structure the image header describes (none for a 0-cluster table). */
 export async function openStoredRefcounts(image: CheckImage): Promise<Refcounts | undefined> {
-  if (image.refcountTable.length === 0) return undefined;
+  // No table, or one past 2^53 (read as zeros): every refcount is 0.
+  if (image.refcountTable.length === 0 || typeof image.refcountTableOffset !== 'number') return undefined;
   try {
-    return await openRefcounts({
+    const refcounts = await openRefcounts({
       storage: image.storage,
       clusterBits: image.clusterBits,
       refcountOrder: image.refcountOrder,
       tableOffset: image.refcountTableOffset,
       tableClusters: image.refcountTable.length / image.clusterSize,
     });
+    // Freed clusters are discarded only once their refcounts are written (when the check closes
+    // them), never while an unwritten refcount still says they are in use.
+    refcounts.cacheDiscards = true;
+    return refcounts;
   } catch (error) {
     throw abortFrom(error);
   }
@@ -260,6 +274,8 @@ export class RefcountCheck {
     const extended = image.extendedL2;
     const dataFile = image.hasDataFile;
     const entrySize = image.l2EntrySize;
+    // A table wholly past the end of the file reads as zeros: nothing to count or report.
+    if (typeof l2Offset === 'bigint' || l2Offset >= this.#fileSize) return;
     const table = this.#l2;
     try {
       await image.read(table, l2Offset);
@@ -470,21 +486,29 @@ export class RefcountCheck {
 
   /**
    * Grows the file so that a refcount block past its end lies inside it (qemu truncates the
-   * file to offset + cluster size). Refuses sizes whose in-memory refcounts could not be held.
-   * Returns the failure text, or undefined when done.
+   * file to offset + cluster size). Sizes whose in-memory refcounts could not be held are
+   * refused as a file system refuses a file too large. Returns the failure text, or undefined
+   * when done.
    */
   async #growTo(offset: HostOffset, counts: RefcountArray): Promise<string | undefined> {
     const image = this.#image;
     const cs = image.clusterSize;
-    if (typeof offset !== 'number' || offset + cs > Number.MAX_SAFE_INTEGER) return EFBIG_TEXT;
+    if (BigInt(offset) > INT64_MAX - BigInt(cs)) return EINVAL_TEXT;
+    const tooLarge = (): string => {
+      this.#emit({ text: `Could not resize file: ${EFBIG_TEXT}`, report: true });
+      return EFBIG_TEXT;
+    };
+    if (typeof offset !== 'number' || offset + cs > Number.MAX_SAFE_INTEGER) return tooLarge();
     const clusters = Math.ceil((offset + cs) / cs);
     const bytes = Math.ceil(clusters / counts.blockEntries) * cs;
-    if (clusters > INT_MAX || bytes > 2 ** 31) return EFBIG_TEXT;
+    if (clusters > INT_MAX || bytes > MAX_GROWN_REFCOUNT_BYTES) return tooLarge();
     try {
       await image.storage.truncate(offset + cs);
       this.#fileSize = await image.storage.size();
     } catch (error) {
-      return strerrorOf(error);
+      const reason = strerrorOf(error);
+      this.#emit({ text: `Could not resize file: ${reason}`, report: true });
+      return reason;
     }
     const newClusters = Math.ceil(this.#fileSize / cs);
     try {
@@ -493,7 +517,7 @@ export class RefcountCheck {
       this.#res.checkErrors++;
       throw new CheckAbort(ENOMEM_TEXT, error);
     }
-    return Math.floor(offset / cs) >= newClusters ? 'Invalid argument' : undefined;
+    return Math.floor(offset / cs) >= newClusters ? EINVAL_TEXT : undefined;
   }
 
   // ------------------------------------------------------------------ comparison
@@ -512,10 +536,14 @@ export class RefcountCheck {
     let highest = 0;
     const repairs: number[] = [];
     const marks = { corrupt: false };
-    const visit = (i: number, refcount1: number): void => {
+    const visit = (i: number, stored: number): void => {
+      let refcount1 = stored;
       if (refcount1 < 0) {
-        this.#unreadable(i, marks);
-        return;
+        if (!this.#readsAsZero(i)) {
+          this.#unreadable(i, marks);
+          return;
+        }
+        refcount1 = 0;
       }
       const refcount2 = counts.get(i);
       if (refcount1 > 0 || refcount2 > 0) highest = i;
@@ -558,14 +586,17 @@ export class RefcountCheck {
         res.corruptions++;
       }
     }
-    if (repairs.length > 0 && refcounts !== undefined) {
-      try {
-        await refcounts.flush();
-      } catch (error) {
-        throw abortFrom(error);
-      }
-    }
+    // Written back when the check ends (or dropped, as qemu drops its cache, if a corruption
+    // event made the image unusable first).
     return highest;
+  }
+
+  /**
+   * True when the refcount block of cluster `i` lies past 2^53 but where qemu still reads it
+   * (as zeros, past the end of any file), so its refcount is 0 rather than unreadable.
+   */
+  #readsAsZero(i: number): boolean {
+    return refcountBlockReadsAsZero(this.#image, i);
   }
 
   /**
@@ -618,7 +649,7 @@ export class RefcountCheck {
       }
     }
     const avoid: [number, number][] = [];
-    if (image.refcountTable.length > 0) avoid.push([image.refcountTableOffset, image.refcountTable.length]);
+    if (image.refcountTable.length > 0 && typeof image.refcountTableOffset === 'number') avoid.push([image.refcountTableOffset, image.refcountTable.length]);
     const view = viewOf(image.refcountTable);
     for (let i = 0; i < image.refcountTableSize; i++) {
       const hi = view.getUint32(i * 8);
@@ -640,3 +671,4 @@ export class RefcountCheck {
     this.#store.refcounts = await openStoredRefcounts(image);
   }
 }
+

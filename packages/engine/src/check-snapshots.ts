@@ -1,4 +1,4 @@
-import { decodeString, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOTS, MAX_SNAPSHOTS_SIZE_BYTES, SNAPSHOT_HEADER_SIZE, viewOf } from '@qcow2/format';
+import { decodeString, isQcow2Error, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOTS, MAX_SNAPSHOTS_SIZE_BYTES, SNAPSHOT_HEADER_SIZE, viewOf } from '@qcow2/format';
 import type { Refcounts } from '@qcow2/refcount';
 import { addOffset, EFBIG_TEXT, EINVAL_TEXT, u64, type HostOffset } from './check-bits.js';
 import { CheckAbort, abortFrom, strerrorOf, type CheckCounters, type CheckImage, type CheckMessage, type CheckSnapshot } from './check-state.js';
@@ -306,12 +306,28 @@ async function writeSnapshots(image: CheckImage, refcounts: Refcounts | undefine
     pv.setUint32(8, tableOffset >>> 0);
     await image.write(pointer, 60, true);
   } catch (error) {
-    if (clusters > 0) await refcounts.free(tableOffset, size, 'always').catch(() => undefined);
+    if (clusters > 0) await freeClusters(refcounts, tableOffset, size, 'always', emit);
     throw abortFrom(error);
   }
   const oldOffset = image.snapshotsOffset;
   const oldSize = image.snapshotsSize;
   image.snapshotsOffset = tableOffset;
   image.snapshotsSize = size;
-  if (oldSize > 0 && typeof oldOffset === 'number') await refcounts.free(oldOffset, oldSize, 'snapshot').catch(() => undefined);
+  if (oldSize > 0 && typeof oldOffset === 'number') await freeClusters(refcounts, oldOffset, oldSize, 'snapshot', emit);
+}
+
+/** qemu's qcow2_free_clusters: a failure is printed, not returned (a refcount below 0 is EINVAL). */
+async function freeClusters(
+  refcounts: Refcounts,
+  offset: number,
+  size: number,
+  type: 'snapshot' | 'always',
+  emit: (m: CheckMessage) => void,
+): Promise<void> {
+  try {
+    await refcounts.free(offset, size, type);
+  } catch (error) {
+    const reason = isQcow2Error(error) && error.code === 'CORRUPT' ? EINVAL_TEXT : strerrorOf(error);
+    emit({ text: `qcow2_free_clusters failed: ${reason}`, report: false });
+  }
 }

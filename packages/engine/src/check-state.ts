@@ -8,18 +8,20 @@ import {
   decodeHeaderCluster,
   findHeaderExtension,
   HEADER_CLUSTER_SIZE_PROBE,
+  HEADER_EXT_FEATURE_TABLE,
   hex,
   INCOMPAT_DATA_FILE,
   INCOMPAT_EXTENDED_L2,
   invalidArgument,
   isQcow2Error,
+  KNOWN_AUTOCLEAR_FEATURES,
   readClusterSize,
   unsupported,
   type BitmapDirectoryEntry,
   type Qcow2Header,
 } from '@qcow2/format';
 import type { Storage } from '@qcow2/storage';
-import { EIO_TEXT, type HostOffset } from './check-bits.js';
+import { EIO_TEXT, offsetIntoCluster, u64, type HostOffset } from './check-bits.js';
 
 /**
  * One line qemu-img check prints on stderr. `report` lines go through qemu's error_report (the
@@ -69,6 +71,40 @@ export class CheckAbort extends Error {
     super(reason, cause === undefined ? undefined : { cause });
     this.reason = reason;
   }
+}
+
+/**
+ * qemu reads the feature name table extension whatever its length (it only names unknown
+ * features with it); the decoder insists on whole 48-byte entries. A table of another length is
+ * handed over as an unknown extension, so the image opens as it does for qemu.
+ */
+function tolerateFeatureTable(cluster: Uint8Array): Uint8Array {
+  const view = new DataView(cluster.buffer, cluster.byteOffset, cluster.byteLength);
+  if (cluster.length < 104 || view.getUint32(4) < 3) return cluster;
+  const headerLength = view.getUint32(100);
+  const backing = view.getUint32(8) === 0 ? view.getUint32(12) : 0;
+  const end = backing !== 0 && backing <= cluster.length ? backing : cluster.length;
+  let copy: Uint8Array | undefined;
+  for (let at = headerLength; at + 8 <= end && headerLength >= 104; ) {
+    const magic = view.getUint32(at);
+    const length = view.getUint32(at + 4);
+    if (magic === 0 || length > end - at - 8) break;
+    if (magic === HEADER_EXT_FEATURE_TABLE && length % 48 !== 0) {
+      copy ??= cluster.slice();
+      new DataView(copy.buffer).setUint32(at, 1);
+    }
+    at += 8 + Math.ceil(length / 8) * 8;
+  }
+  return copy ?? cluster;
+}
+
+/** qemu's BDRV_MAX_LENGTH: INT64_MAX rounded down to 1 GiB. */
+const BDRV_MAX_LENGTH = 0x7fff_ffff_c000_0000n;
+
+/** Whether qemu's block layer accepts a request of `length` bytes at `offset`. */
+export function withinBlockLayer(offset: number | bigint, length: number): boolean {
+  const at = BigInt(offset);
+  return at <= BDRV_MAX_LENGTH && BigInt(length) <= BDRV_MAX_LENGTH - at;
 }
 
 /** What a storage failure aborts the check with. */
@@ -148,12 +184,12 @@ export class CheckImage {
   readonly l2EntrySize: number;
   /** qemu's bs->total_sectors * 512. */
   readonly virtualSize: number;
-  readonly l1Offset: number;
+  readonly l1Offset: HostOffset;
   readonly l1Size: number;
   /** The active L1 table as on disk (qemu's s->l1_table), kept in step with repairs. */
   readonly l1Table: Uint8Array;
   /** The refcount table (qemu's s->refcount_table), entries as on disk. */
-  refcountTableOffset: number;
+  refcountTableOffset: HostOffset;
   refcountTable: Uint8Array;
   /** Bitmap directory when the bitmaps extension is in force (qemu's s->nb_bitmaps > 0). */
   readonly bitmapDirectory: { readonly offset: number; readonly size: number; readonly entries: readonly BitmapDirectoryEntry[] } | undefined;
@@ -176,9 +212,13 @@ export class CheckImage {
     bitmapDirectory: CheckImage['bitmapDirectory'];
     signal: { signaled: boolean };
     writable: boolean;
+    l1Offset: HostOffset;
+    refcountTableOffset: HostOffset;
   }) {
     const { header } = init;
     this.writable = init.writable;
+    this.l1Offset = init.l1Offset;
+    this.refcountTableOffset = init.refcountTableOffset;
     this.storage = init.storage;
     this.header = header;
     this.clusterBits = header.clusterBits;
@@ -189,10 +229,8 @@ export class CheckImage {
     this.l2EntrySize = this.extendedL2 ? 16 : 8;
     this.l2Size = this.clusterSize / this.l2EntrySize;
     this.virtualSize = header.size - (header.size % 512);
-    this.l1Offset = header.l1TableOffset;
     this.l1Size = header.l1Size;
     this.l1Table = init.l1Table;
-    this.refcountTableOffset = header.refcountTableOffset;
     this.refcountTable = init.refcountTable;
     this.bitmapDirectory = init.bitmapDirectory;
     this.signal = init.signal;
@@ -210,15 +248,39 @@ export class CheckImage {
     const clusterSize = readClusterSize(probe);
     const first = new Uint8Array(clusterSize);
     await readFully(storage, first, 0);
-    const { header, extensions } = decodeHeaderCluster(first, { check: true });
+    // Table offsets at or past 2^53 are valid for qemu (the tables read as zeros there); the
+    // header decoder refuses them, so they are decoded as 0 and kept aside. The snapshot table
+    // pointer is ignored when opening for a check (the check reads it itself).
+    const view = new DataView(first.buffer, first.byteOffset, first.byteLength);
+    const l1Offset = u64(view.getUint32(40), view.getUint32(44));
+    const refcountTableOffset = u64(view.getUint32(48), view.getUint32(52));
+    const patched = tolerateFeatureTable(first).slice();
+    if (typeof l1Offset === 'bigint') patched.fill(0, 40, 48);
+    if (typeof refcountTableOffset === 'bigint') patched.fill(0, 48, 56);
+    patched.fill(0, 60, 72);
+    const { header, extensions } = decodeHeaderCluster(patched, { check: true });
     if (header.cryptMethod !== CRYPT_NONE) {
       throw unsupported(`encrypted images are not supported (crypt_method ${header.cryptMethod}, ${header.cryptMethod === CRYPT_AES ? 'AES' : 'LUKS'})`);
     }
     // Sizes are checked by decodeHeaderCluster (L1 ≤ 32 MiB, refcount table ≤ 8 MiB).
     const l1Table = new Uint8Array(header.l1Size * 8);
-    if (l1Table.length > 0) await readFully(storage, l1Table, header.l1TableOffset);
     const refcountTable = new Uint8Array(header.refcountTableClusters * clusterSize);
-    if (refcountTable.length > 0) await readFully(storage, refcountTable, header.refcountTableOffset);
+    for (const [table, offset, name] of [
+      [l1Table, l1Offset, 'Active L1 table'],
+      [refcountTable, refcountTableOffset, 'Reference count table'],
+    ] as const) {
+      // qemu's qcow2_validate_table, then a read that its block layer refuses past 2^63 - 2^30.
+      if (typeof offset === 'bigint') {
+        if (offset % BigInt(clusterSize) !== 0n || 0x7fff_ffff_ffff_ffffn - BigInt(table.length) < offset) {
+          throw corrupt(`header: ${name} offset invalid (0x${offset.toString(16)})`);
+        }
+        if (table.length > 0 && !withinBlockLayer(offset, table.length)) {
+          throw corrupt(`header: could not read the ${name} at 0x${offset.toString(16)}: ${EIO_TEXT}`);
+        }
+      } else if (table.length > 0) {
+        await readFully(storage, table, offset);
+      }
+    }
     let bitmapDirectory: CheckImage['bitmapDirectory'];
     const ext = findHeaderExtension(extensions, 'bitmaps');
     if (ext !== undefined && (header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n && ext.nbBitmaps > 0) {
@@ -231,7 +293,7 @@ export class CheckImage {
       }
       bitmapDirectory = { offset: ext.bitmapDirectoryOffset, size: ext.bitmapDirectorySize, entries };
     }
-    return new CheckImage({ storage, header, l1Table, refcountTable, bitmapDirectory, ...options });
+    return new CheckImage({ storage, header, l1Table, refcountTable, bitmapDirectory, l1Offset, refcountTableOffset, ...options });
   }
 
   /** Entries in the refcount table (qemu's refcount_table_size). */
@@ -251,6 +313,9 @@ export class CheckImage {
   /** Reads `dst.length` bytes at `offset`; past the end of the file (or past 2^53) zeros. */
   async read(dst: Uint8Array, offset: number | bigint): Promise<void> {
     if (typeof offset === 'bigint' || offset + dst.length > Number.MAX_SAFE_INTEGER) {
+      // qemu refuses requests past BDRV_MAX_LENGTH (2^63 - 2^30) with EIO; below it, past the
+      // end of any file, they read as zeros.
+      if (!withinBlockLayer(offset, dst.length)) throw new CheckAbort(EIO_TEXT);
       dst.fill(0);
       return;
     }
@@ -285,8 +350,8 @@ export class CheckImage {
     const start = Math.floor(offset / cs) * cs;
     const end = Math.ceil((offset + size) / cs) * cs;
     const hits = (at: number, length: number): boolean => length > 0 && at < end && start < at + length;
-    if (check('active L1 table') && this.l1Size > 0 && hits(this.l1Offset, this.l1Size * 8)) return 'active L1 table';
-    if (check('refcount table') && this.refcountTable.length > 0 && hits(this.refcountTableOffset, this.refcountTable.length)) {
+    if (check('active L1 table') && this.l1Size > 0 && typeof this.l1Offset === 'number' && hits(this.l1Offset, this.l1Size * 8)) return 'active L1 table';
+    if (check('refcount table') && this.refcountTable.length > 0 && typeof this.refcountTableOffset === 'number' && hits(this.refcountTableOffset, this.refcountTable.length)) {
       return 'refcount table';
     }
     if (check('snapshot table') && this.snapshotsSize > 0 && typeof this.snapshotsOffset === 'number' && hits(this.snapshotsOffset, this.snapshotsSize)) return 'snapshot table';
@@ -347,6 +412,20 @@ export class CheckImage {
     }
   }
 
+  /**
+   * What qemu does when it opens an image for writing: autoclear bits it does not know are
+   * cleared in the header (the features they announce may no longer hold after a change). qemu
+   * rewrites the whole header there, which in check mode also drops the snapshot count; only the
+   * field is written here.
+   */
+  async clearUnknownAutoclearBits(): Promise<void> {
+    const unknown = this.header.autoclearFeatures & ~KNOWN_AUTOCLEAR_FEATURES;
+    if (!this.writable || this.header.version < 3 || unknown === 0n) return;
+    const bytes = new Uint8Array(8);
+    new DataView(bytes.buffer).setBigUint64(0, this.header.autoclearFeatures & KNOWN_AUTOCLEAR_FEATURES);
+    await this.write(bytes, 88, true);
+  }
+
   /** Sets or clears a bit of incompatible_features in the header on disk (v3 only) and flushes. */
   async setIncompatibleBit(bit: bigint, on: boolean): Promise<void> {
     if (this.header.version < 3 || !this.writable) return;
@@ -381,3 +460,16 @@ export function checkStorageArgument(storage: unknown): asserts storage is Stora
   }
 }
 
+/**
+ * For a cluster whose refcount the Refcounts cannot read: true when qemu reads its refcount
+ * block as zeros (an aligned offset at or past 2^53 that qemu's block layer still accepts).
+ */
+export function refcountBlockReadsAsZero(image: CheckImage, cluster: number): boolean {
+  const index = Math.floor(cluster / 2 ** (image.clusterBits + 3 - image.refcountOrder));
+  if (index >= image.refcountTableSize) return false;
+  const view = new DataView(image.refcountTable.buffer, image.refcountTable.byteOffset, image.refcountTable.byteLength);
+  const hi = view.getUint32(index * 8);
+  const lo = view.getUint32(index * 8 + 4);
+  const offset = u64(hi, (lo & 0xffff_fe00) >>> 0);
+  return typeof offset === 'bigint' && !offsetIntoCluster(offset, image.clusterSize) && withinBlockLayer(offset, image.clusterSize);
+}

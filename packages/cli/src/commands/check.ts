@@ -1,4 +1,4 @@
-import { checkImage, probeFormat, type CheckMessage, type CheckResult } from '@qcow2/engine';
+import { checkImage, type CheckMessage, type CheckResult } from '@qcow2/engine';
 import { createNodeStorage } from '@qcow2/storage-node';
 import type { Storage } from '@qcow2/storage';
 import { formatFixed } from '../c-format.js';
@@ -9,6 +9,21 @@ import { checkCacheMode, imageFormat, outputFormat } from '../options.js';
 import { toJsonPretty, type QDict } from '../qobject.js';
 import { checkGetopt, usageError } from '../usage.js';
 import { unsupportedOption } from './common.js';
+
+/** qemu's probe: qcow2 for the magic and a version of at least 2, qcow (version 1, not read here) for version 1, else raw. */
+async function probeAsQemu(storage: Storage): Promise<'qcow2' | 'qcow' | 'raw'> {
+  const head = new Uint8Array(8);
+  let count: number;
+  try {
+    count = await storage.read(head, 0);
+  } catch {
+    return 'raw';
+  }
+  const view = new DataView(head.buffer);
+  if (count < 8 || view.getUint32(0) !== 0x514649fb) return 'raw';
+  const version = view.getUint32(4);
+  return version >= 2 ? 'qcow2' : version === 1 ? 'qcow' : 'raw';
+}
 
 /** qemu-img check's exit statuses. */
 export const CHECK_EXIT = { clean: 0, failed: 1, corruptions: 2, leaks: 3, unsupported: 63 } as const;
@@ -132,7 +147,7 @@ export async function checkCommand(ctx: Context, argv: readonly string[]): Promi
   }
   let result: CheckResult;
   try {
-    const fmt = forced ?? (await probeFormat(storage));
+    const fmt = forced ?? (await probeAsQemu(storage));
     if (forced === undefined && fmt === 'raw' && repair !== 'none') {
       // qemu warns whenever it opens a probed raw image for writing.
       ctx.err(
@@ -141,6 +156,7 @@ export async function checkCommand(ctx: Context, argv: readonly string[]): Promi
           "         Specify the 'raw' format explicitly to remove the restrictions.\n",
       );
     }
+    if (fmt === 'qcow') throw new CliError(`Could not open '${filename}': qcow (version 1) images are not supported`);
     if (fmt !== 'qcow2') {
       ctx.report('This image format does not support checks');
       return CHECK_EXIT.unsupported;
