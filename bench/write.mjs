@@ -1,12 +1,19 @@
 #!/usr/bin/env node
 // Write benchmark of issue 4, side by side with qemu-img in the same run.
 //
-//   node bench/write.mjs [--pairs 5] [--raw-mib 512] [--only seq,step,convert,convert-c]
+//   node bench/write.mjs [--pairs 5] [--raw-mib 512] [--only seq,step,convert,convert-c] [--dir DIR] [--bundle]
+//
+// `qcow2` is the built binary (node_modules/.bin/qcow2: run `pnpm build` first); with --bundle,
+// packages/cli/src/cli.ts and the workspace sources it imports are bundled with esbuild into one
+// file first (no dependence on dist folders another build may be rewriting).
 //
 // Wall time of whole commands (process start to exit), `-t unsafe` everywhere, each pair run in
-// alternating order (qemu first in odd pairs), the page cache written back (`sync`, not timed)
-// and the output removed before every run. Reports each pair and the median of
-// (our time / qemu's time); the target is <= 1.0 for each.
+// alternating order (qemu first in odd pairs); before every run (not timed) the previous output
+// is removed, the page cache written back (`sync`) and a second left for the file system to
+// settle (with the `discard` mount option, freeing a gigabyte file sends discards that would
+// otherwise slow down whichever run comes next). Reports each pair and the median of
+// (our time / qemu's time); the target is <= 1.0 for each. --dir puts the files elsewhere
+// (e.g. /dev/shm to leave the disk out).
 //
 // 1. seq: allocating sequential 64 KiB writes over a fresh 1 GiB image
 //    (bench -w -c 16384 -s 64k; images from qemu-img create).
@@ -18,6 +25,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,9 +39,26 @@ const opt = (name, dflt) => {
 const pairs = Number(opt('pairs', 5));
 const rawMiB = Number(opt('raw-mib', 512));
 const only = new Set(String(opt('only', 'seq,step,convert,convert-c')).split(','));
+const base = String(opt('dir', tmpdir()));
 
-const qcow2Bin = join(root, 'node_modules/.bin/qcow2');
-const dir = mkdtempSync(join(tmpdir(), 'qcow2-bench-write-'));
+const dir = mkdtempSync(join(base, 'qcow2-bench-write-'));
+let qcow2Bin = join(root, 'node_modules/.bin/qcow2');
+if (args.includes('--bundle')) {
+  // esbuild comes with tsup (a root devDependency).
+  const esbuild = createRequire(createRequire(join(root, 'package.json')).resolve('tsup'))('esbuild');
+  const outfile = join(dir, 'qcow2.mjs');
+  await esbuild.build({
+    entryPoints: [join(root, 'packages/cli/src/cli.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    conditions: ['@qcow2/source'],
+    outfile,
+    logLevel: 'error',
+  });
+  qcow2Bin = outfile;
+}
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -44,6 +69,7 @@ const median = (xs) => {
 function timed(cmd, cmdArgs, prepare) {
   prepare();
   execFileSync('sync');
+  execFileSync('sleep', ['1']);
   const t = performance.now();
   const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8', maxBuffer: 64 << 20 });
   const seconds = (performance.now() - t) / 1000;
@@ -56,7 +82,10 @@ function compare(title, makeArgs, prepare) {
   console.log(`# ${title}`);
   const ratios = [];
   for (let p = 0; p < pairs; p++) {
-    const run = (cmd) => timed(cmd, makeArgs(cmd), () => prepare(cmd));
+    const run = (cmd) =>
+      cmd === qcow2Bin && cmd.endsWith('.mjs')
+        ? timed(process.execPath, [cmd, ...makeArgs(cmd)], () => prepare(cmd))
+        : timed(cmd, makeArgs(cmd), () => prepare(cmd));
     let qemu, ours;
     if (p % 2 === 0) {
       qemu = run('qemu-img');
