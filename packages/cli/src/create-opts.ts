@@ -35,8 +35,8 @@ export const QCOW2_CREATE_OPTS: readonly QemuOptDesc[] = [
 /** qemu-img create's raw options (size) and the file protocol's. */
 export const RAW_CREATE_OPTS: readonly QemuOptDesc[] = [
   { name: 'size', type: 'size' },
-  { name: 'preallocation', type: 'string' },
   { name: 'nocow', type: 'bool' },
+  { name: 'preallocation', type: 'string' },
   { name: 'extent_size_hint', type: 'size' },
 ];
 

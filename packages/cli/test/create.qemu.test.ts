@@ -18,6 +18,8 @@ const CASES: string[][] = [
   ['-f', 'qcow2', 'a,b.qcow2', '1M'],
   ['a.raw', '1M'],
   ['-f', 'raw', 'a.raw', '1.5k'],
+  ['-f', 'raw', '-o', 'extent_size_hint=1M,nocow=on,preallocation=full', 'a.raw', '1M'],
+  ['-f', 'raw', '-o', 'preallocation=bogus', 'a.raw', '1M'],
   ['-fqcow2', '-o', 'cluster_size=4k,compat=0.10', 'a.qcow2', '10M'],
   ['-f', 'qcow2', '-o', 'cluster_size=64k', '-o', 'refcount_bits=8', 'a.qcow2', '1M'],
   ['-f', 'qcow2', '-o', 'refcount_bits=16,lazy_refcounts=on,data_file_raw=off,data_file=d.raw,compat=1.1,encryption=off,size=1M,compression_type=zlib,preallocation=off,extended_l2=off,cluster_size=64k', 'a.qcow2'],

@@ -160,7 +160,7 @@ export async function createCommand(ctx: Context, argv: readonly string[]): Prom
   if (fmt === 'raw') {
     const preallocation = opts.get('preallocation')?.str;
     if (preallocation !== undefined && !['off', 'falloc', 'full'].includes(preallocation)) {
-      throw fail(`Invalid preallocation mode: '${preallocation}'`);
+      throw fail(`invalid parameter value: ${preallocation}`);
     }
     if (preallocation !== undefined) options.preallocation = preallocation as 'off';
   }
