@@ -4,7 +4,7 @@
  * `qcow2:`), same exit status, and the same files byte for byte (or none, on failure).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeWithQemu, makeTempDir } from '@qcow2/test-utils';
 import { afterAll, expect, it } from 'vitest';
@@ -96,7 +96,11 @@ const CASES: string[][] = [
   ['-f', 'bogus', 'a.qcow2', '1M'],
 ];
 
-function setup(dir: string): void {
+const SETUP_FILES = ['base.raw', 'base.qcow2', 'top.qcow2'];
+
+/** The files every case starts with, made once. */
+function makeTemplate(dir: string): void {
+  mkdirSync(dir);
   writeFileSync(join(dir, 'base.raw'), new Uint8Array(3 * 1024 * 1024 + 1000).fill(7));
   const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', 'base.qcow2', '5M'], { cwd: dir });
   if (r.status !== 0) throw new Error('qemu-img create failed');
@@ -109,6 +113,11 @@ const OUTPUTS = ['a.qcow2', 'a.raw', 'a,b.qcow2', 'd.raw'];
 describeWithQemu('qcow2 create equals qemu-img create', () => {
   const tmp = makeTempDir('qcow2-cli-create-');
   afterAll(() => tmp.cleanup());
+  const template = join(tmp.dir, 'template');
+  makeTemplate(template);
+  const setup = (dir: string): void => {
+    for (const name of SETUP_FILES) copyFileSync(join(template, name), join(dir, name));
+  };
   let n = 0;
 
   it.each(CASES.map((c) => [c.join(' '), c] as const))('%s', async (_label, args) => {
