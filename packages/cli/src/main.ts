@@ -1,5 +1,6 @@
 import { version as packageVersion } from '../package.json';
 import { benchCommand } from './commands/bench.js';
+import { checkCommand } from './commands/check.js';
 import { compareCommand } from './commands/compare.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
@@ -19,6 +20,7 @@ type Command = (ctx: Context, argv: readonly string[]) => Promise<number>;
 
 const COMMANDS: Readonly<Record<string, Command>> = {
   bench: benchCommand,
+  check: checkCommand,
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,

@@ -12,3 +12,4 @@ export type {
   SnapshotInfo,
 } from './types.js';
 export * from './create-image.js';
+export * from './check.js';
