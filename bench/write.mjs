@@ -54,6 +54,8 @@ if (args.includes('--bundle')) {
     format: 'esm',
     target: 'node20',
     conditions: ['@qcow2/source'],
+    // What Node gets from the published packages: @qcow2/compress's Node entry (node:zlib).
+    alias: { '@qcow2/compress': join(root, 'packages/compress/src/node.ts') },
     outfile,
     logLevel: 'error',
   });
