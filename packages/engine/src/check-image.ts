@@ -123,8 +123,9 @@ async function checkPass(image: CheckImage, fix: FixMode, emit: (m: CheckMessage
     ok = true;
   } finally {
     const refcounts = store.refcounts;
-    if (refcounts !== undefined && image.dead) {
-      // qemu made the image unusable: its cached refcount updates are never written.
+    if (refcounts !== undefined && (image.dead || !image.writable)) {
+      // Nothing to write back (a read-only check), or qemu made the image unusable: its cached
+      // refcount updates are never written.
       refcounts.dispose();
     } else if (refcounts !== undefined) {
       try {

@@ -172,6 +172,12 @@ export class RefcountCheck {
   #inc(counts: RefcountArray, offset: HostOffset, size: number): void {
     if (size <= 0) return;
     const cs = this.#image.clusterSize;
+    if (typeof offset === 'bigint' && offset > INT64_MAX) {
+      // Negative as qemu's int64_t: its end-of-file test passes, and the in-memory refcounts
+      // cannot grow to that cluster.
+      this.#res.checkErrors++;
+      throw new CheckAbort(ENOMEM_TEXT);
+    }
     if (typeof offset === 'bigint' || offset + size - this.#fileSize >= cs) {
       this.#say(
         `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hexOf(offset)} size 0x${size.toString(16)}`,
