@@ -16,6 +16,7 @@ function spied(inner: Storage): { storage: Storage; calls: Record<string, number
   const calls: Record<string, number> = { write: 0, truncate: 0, flush: 0, discard: 0 };
   const storage: Storage = {
     readOnly: inner.readOnly,
+    canDiscard: false,
     read: (dst, offset) => inner.read(dst, offset),
     size: () => inner.size(),
     close: () => inner.close(),
