@@ -1,6 +1,6 @@
 import { decodeString, isQcow2Error, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOTS, MAX_SNAPSHOTS_SIZE_BYTES, SNAPSHOT_HEADER_SIZE, viewOf } from '@qcow2/format';
 import type { Refcounts } from '@qcow2/refcount';
-import { addOffset, EFBIG_TEXT, EINVAL_TEXT, u64, type HostOffset } from './check-bits.js';
+import { addOffset, EFBIG_TEXT, EINVAL_TEXT, EIO_TEXT, u64, type HostOffset } from './check-bits.js';
 import { CheckAbort, abortFrom, strerrorOf, type CheckCounters, type CheckImage, type CheckMessage, type CheckSnapshot } from './check-state.js';
 
 /** Bytes of the extra data qemu 7.2 knows (vm_state_size_large, disk_size, icount). */
@@ -327,7 +327,24 @@ async function freeClusters(
   try {
     await refcounts.free(offset, size, type);
   } catch (error) {
-    const reason = isQcow2Error(error) && error.code === 'CORRUPT' ? EINVAL_TEXT : strerrorOf(error);
+    const reason = isQcow2Error(error) && error.code === 'CORRUPT' ? await whyFreeFails(refcounts, offset, size) : strerrorOf(error);
     emit({ text: `qcow2_free_clusters failed: ${reason}`, report: false });
   }
+}
+
+/**
+ * qemu's update_refcount walks the range in order: a cluster without a refcount block fails it
+ * with EAGAIN (after allocating the block), a refcount already 0 with EINVAL.
+ */
+async function whyFreeFails(refcounts: Refcounts, offset: number, size: number): Promise<string> {
+  const cs = refcounts.clusterSize;
+  for (let c = Math.floor(offset / cs); c * cs < offset + size; c++) {
+    try {
+      if (refcounts.blockOffset(Math.floor(c / refcounts.blockEntries)) === 0) return 'Resource temporarily unavailable';
+      if ((await refcounts.get(c)) === 0) return EINVAL_TEXT;
+    } catch {
+      return EIO_TEXT;
+    }
+  }
+  return EINVAL_TEXT;
 }
