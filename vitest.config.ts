@@ -14,6 +14,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    setupFiles: ['./scripts/vitest-setup.ts'],
     reporters: process.env['CI'] ? ['default'] : ['default'],
   },
 });
