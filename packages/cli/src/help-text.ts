@@ -14,12 +14,14 @@ QEMU disk image utility (qemu-img 7.2 syntax)
 
 Command syntax:
   bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
+  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename
   compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
   convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-o options] [-l snapshot_param] [-S sparse_size] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename
   create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
   io [-f fmt] [-r] [-U] [-t cache] [-d discard] [-c command]... filename
   map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
+  snapshot [-f fmt] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
 
 Command parameters:
   'filename' is a disk image filename
@@ -48,6 +50,19 @@ Command parameters:
   '--output' takes the format in which the output must be done (human or json)
   '-n' skips the target volume creation (useful if the volume is created
        prior to running ${PROGRAM})
+
+Parameters to check subcommand:
+  '-r' tries to repair any inconsistencies that are found during the check.
+       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes all
+       kinds of errors, with a higher risk of choosing the wrong fix or
+       hiding corruption that has already occurred.
+
+Parameters to snapshot subcommand:
+  'snapshot' is the name of the snapshot to create, apply or delete
+  '-a' applies a snapshot (revert disk to saved state)
+  '-c' creates a snapshot
+  '-d' deletes a snapshot
+  '-l' lists all snapshots in the given image
 
 Parameters to compare subcommand:
   '-f' first image format

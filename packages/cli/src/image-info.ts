@@ -139,6 +139,12 @@ function localDate(sec: number): string {
   );
 }
 
+/** `%-Ns` over the UTF-8 bytes of `text`, as C pads a char string (never truncates). */
+function padBytesRight(text: string, width: number): string {
+  const bytes = new TextEncoder().encode(text).length;
+  return bytes >= width ? text : text + ' '.repeat(width - bytes);
+}
+
 /** bdrv_snapshot_dump: the table header (no snapshot) or one row. */
 export function snapshotLine(s?: ImageSnapshot): string {
   if (s === undefined) {
@@ -156,7 +162,7 @@ export function snapshotLine(s?: ImageSnapshot): string {
     `${two(Math.floor(secs / 3600))}:${two(Math.floor(secs / 60) % 60)}:${two(secs % 60)}.` +
     String(Math.floor(s.vmClockNsec / 1e6) % 1000).padStart(3, '0');
   return (
-    `${padRight(s.id, 9)} ${padRight(s.name, 16)} ` +
+    `${padBytesRight(s.id, 9)} ${padBytesRight(s.name, 16)} ` +
     padLeft(sizeToStr(s.vmStateSize), 8) +
     padLeft(localDate(s.dateSec), 20) +
     padLeft(clock, 13) +

@@ -7,6 +7,7 @@ import { createCommand } from './commands/create.js';
 import { infoCommand } from './commands/info.js';
 import { ioCommand } from './commands/io.js';
 import { mapCommand } from './commands/map.js';
+import { snapshotCommand } from './commands/snapshot.js';
 import { PROGRAM, type CliIo, type Context } from './context.js';
 import { describeError, isCliError } from './errors.js';
 import { getopt } from './getopt.js';
@@ -27,6 +28,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   info: infoCommand,
   io: ioCommand,
   map: mapCommand,
+  snapshot: snapshotCommand,
 };
 
 /**
