@@ -13,3 +13,4 @@ export {
   resolveCacheConfig,
 } from './cache-config.js';
 export type { CacheConfig, CacheConfigOptions } from './cache-config.js';
+export type { MetadataStructure, WriteGuard } from './write-guard.js';

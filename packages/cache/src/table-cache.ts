@@ -3,6 +3,7 @@ import type { Storage } from '@qcow2/storage';
 import { type CacheEntry, Slot } from './cache-entry.js';
 import { MAX_CACHE_CLEAN_INTERVAL, MAX_CACHE_ENTRIES, MIN_L2_CACHE_ENTRY_SIZE } from './cache-config.js';
 import { startTicker, type Ticker } from './ticker.js';
+import type { MetadataStructure, WriteGuard } from './write-guard.js';
 
 export interface TableCacheOptions {
   /** Where the tables live. Several caches may share one storage. */
@@ -27,6 +28,10 @@ export interface TableCacheOptions {
   readonly name?: string;
   /** Receives the errors of background cleaning (the entries concerned stay dirty). */
   readonly onBackgroundError?: (error: Qcow2Error) => void;
+  /** Asked before every write-back (metadata overlap checks); a refusal fails the write-back. */
+  readonly writeGuard?: WriteGuard;
+  /** What the entries are, for `writeGuard` (they may overwrite their own kind). */
+  readonly structure?: MetadataStructure;
 }
 
 /** Counters for the CLI and benchmarks. */
@@ -96,6 +101,8 @@ export class TableCache {
   readonly cleanInterval: number;
 
   readonly #onBackgroundError: ((error: Qcow2Error) => void) | undefined;
+  readonly #guard: WriteGuard | undefined;
+  readonly #structure: MetadataStructure | undefined;
   readonly #map = new Map<number, Slot>();
   /** LRU order: head is the least recently used. */
   #head: Slot | undefined = undefined;
@@ -161,6 +168,8 @@ export class TableCache {
     this.capacity = this.maxEntries * entrySize;
     this.cleanInterval = interval;
     this.#onBackgroundError = options.onBackgroundError;
+    this.#guard = options.writeGuard;
+    this.#structure = options.structure;
     if (interval > 0) this.#ticker = startTicker(interval * 1000, () => this.#backgroundClean());
   }
 
@@ -674,6 +683,8 @@ export class TableCache {
     const epoch = slot.dirtyEpoch;
     if (slot.cleanEpoch >= epoch) return;
     const snapshot = slot.bytes.slice();
+    const refused = this.#guard?.(slot.offset, snapshot.length, this.#structure);
+    if (refused !== undefined) await refused;
     try {
       await this.storage.write(snapshot, slot.offset);
     } catch (error) {

@@ -18,6 +18,7 @@ export class ActiveL1Table implements L1Table {
   #size: number;
   #bytes: Uint8Array;
   #view: DataView;
+  #version = 0;
 
   constructor(offset: number, size: number, bytes: Uint8Array) {
     if (!Number.isInteger(size) || size < 0 || size > MAX_L1_ENTRIES) {
@@ -49,6 +50,11 @@ export class ActiveL1Table implements L1Table {
 
   get view(): DataView {
     return this.#view;
+  }
+
+  /** Changes whenever an entry, the offset or the size changes (for callers that index the entries). */
+  get version(): number {
+    return this.#version;
   }
 
   /** The entries, big-endian (`size * 8` bytes). */
@@ -83,6 +89,7 @@ export class ActiveL1Table implements L1Table {
   set(index: number, l2Offset: number, copied: boolean): void {
     this.#view.setUint32(index * 8, (Math.floor(l2Offset / TWO_POW_32) | (copied ? L1E_COPIED_HI : 0)) >>> 0);
     this.#view.setUint32(index * 8 + 4, l2Offset >>> 0);
+    this.#version++;
   }
 
   /**
@@ -106,5 +113,6 @@ export class ActiveL1Table implements L1Table {
     this.#bytes = bytes;
     this.#size = size;
     this.#offset = offset;
+    this.#version++;
   }
 }

@@ -1,4 +1,4 @@
-import type { CacheEntry, TableCache } from '@qcow2/cache';
+import type { CacheEntry, TableCache, WriteGuard } from '@qcow2/cache';
 import {
   compressedAdditionalSectorsFor,
   compressedByteLength,
@@ -101,6 +101,8 @@ export interface ClusterWriterOptions {
   readonly accurateRefcounts?: () => boolean;
   /** Names the image in messages. */
   readonly name?: string;
+  /** Asked before data, compressed clusters and L1 tables are written (metadata overlap checks). */
+  readonly writeGuard?: WriteGuard;
 }
 
 const TWO_POW_32 = 0x1_0000_0000;
@@ -452,6 +454,8 @@ export class ClusterWriter {
 
   async #writeL1Entry(index: number): Promise<void> {
     const { offset, bytes } = this.#l1.sectorOf(index);
+    const refused = this.#o.writeGuard?.(offset, bytes.length, 'active-l1');
+    if (refused !== undefined) await refused;
     await this.#io(() => this.#o.storage.write(bytes, offset), `L1 entry ${index} at ${hex(offset)}: write`);
     await this.#io(() => this.#o.storage.flush(), `L1 entry ${index}: flush`);
   }
@@ -474,6 +478,8 @@ export class ClusterWriter {
     const offset = await this.#refcounts.allocClusters(Math.ceil(bytes.length / cs));
     try {
       await this.#refcounts.flush();
+      const refused = this.#o.writeGuard?.(offset, bytes.length);
+      if (refused !== undefined) await refused;
       await this.#io(() => this.#o.storage.write(bytes, offset), `new L1 table at ${hex(offset)}: write`);
       await this.#io(() => this.#o.storage.flush(), `new L1 table at ${hex(offset)}: flush`);
       // Header: l1_size (u32 at 36) and l1_table_offset (u64 at 40), together.
@@ -616,6 +622,8 @@ export class ClusterWriter {
   }
 
   async #writeData(src: Uint8Array, host: number): Promise<void> {
+    const refused = this.#o.writeGuard?.(host, src.length, 'data');
+    if (refused !== undefined) await refused;
     try {
       await this.#data.write(src, host);
     } catch (error) {
@@ -732,6 +740,8 @@ export class ClusterWriter {
   async #writeCompressedCluster(stream: Uint8Array, offset: number): Promise<void> {
     const host = await this.#refcounts.allocBytes(stream.length);
     try {
+      const refused = this.#o.writeGuard?.(host, stream.length, 'data');
+      if (refused !== undefined) await refused;
       await this.#io(() => this.#o.storage.write(stream, host), `compressed cluster at host offset ${hex(host)}: write`);
     } catch (error) {
       await this.#refcounts.free(host, stream.length, 'never').catch(() => undefined);

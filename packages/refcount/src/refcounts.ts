@@ -1,4 +1,4 @@
-import { type CacheEntry, MIN_REFCOUNT_CACHE_ENTRIES, TableCache } from '@qcow2/cache';
+import { type CacheEntry, MIN_REFCOUNT_CACHE_ENTRIES, TableCache, type WriteGuard } from '@qcow2/cache';
 import {
   compressedSizeShift,
   corrupt,
@@ -61,6 +61,11 @@ export interface RefcountsOptions {
    * `storage` and flush (what qemu does).
    */
   readonly onTableMoved?: TableMovedCallback;
+  /**
+   * Asked before the refcount table is written (an entry in place, or a new table); refcount
+   * blocks are guarded by the cache's own `writeGuard`.
+   */
+  readonly writeGuard?: WriteGuard;
 }
 
 /** A refcount table entry that cannot be used as it is. */
@@ -128,6 +133,7 @@ export class Refcounts {
   readonly #l2Cache: TableCache | undefined;
   readonly #passDiscard: Readonly<Record<DiscardType, boolean>>;
   readonly #onTableMoved: TableMovedCallback;
+  readonly #guard: WriteGuard | undefined;
   readonly #queue = new SerialQueue();
   readonly #discards = new DiscardQueue();
 
@@ -140,6 +146,7 @@ export class Refcounts {
   #problems = new Map<number, RefcountTableProblem>();
   /** Index of the last non-zero entry, -1 when none (qemu's max_refcount_table_index). */
   #maxIndex = -1;
+  #version = 0;
 
   #freeClusterIndex = 0;
   #freeByteOffset = 0;
@@ -158,6 +165,7 @@ export class Refcounts {
     this.#ownsCache = ownsCache;
     this.#l2Cache = options.l2Cache;
     this.#passDiscard = resolveDiscardPolicy(options.discard);
+    this.#guard = options.writeGuard;
     const storage = options.storage;
     this.#onTableMoved = options.onTableMoved ?? ((offset, clusters) => writeRefcountTableHeaderFields(storage, offset, clusters));
   }
@@ -233,6 +241,11 @@ export class Refcounts {
   /** Entries in the refcount table. */
   get tableEntries(): number {
     return this.#tableSize;
+  }
+
+  /** Changes whenever the table or one of its entries changes (for callers that index `structure()`). */
+  get structureVersion(): number {
+    return this.#version;
   }
 
   /** Where the next first-fit search starts (qemu's free_cluster_index), a cluster index. */
@@ -543,6 +556,7 @@ export class Refcounts {
     this.#offsets = offsets;
     this.#problems = problems;
     this.#maxIndex = maxIndex;
+    this.#version++;
   }
 
   #blockOffset(index: number): number {
@@ -763,12 +777,15 @@ export class Refcounts {
     view.setUint32(0, Math.floor(blockOffset / TWO_POW_32));
     view.setUint32(4, blockOffset >>> 0);
     const at = this.#tableOffset + index * REFCOUNT_TABLE_ENTRY_SIZE;
+    const refused = this.#guard?.(at, REFCOUNT_TABLE_ENTRY_SIZE, 'refcount-table');
+    if (refused !== undefined) await refused;
     await writeAt(this.storage, entry, at, `refcount table entry ${index} at ${hex(at)}`);
     await flushStorage(this.storage, `refcount table entry ${index} at ${hex(at)}`);
     this.#tableBytes.set(entry, index * REFCOUNT_TABLE_ENTRY_SIZE);
     this.#offsets[index] = blockOffset;
     this.#problems.delete(index);
     if (index > this.#maxIndex) this.#maxIndex = index;
+    this.#version++;
   }
 
   /**
@@ -854,6 +871,8 @@ export class Refcounts {
 
     // Blocks first, then the table, then the header.
     await this.cache.flush();
+    const refused = this.#guard?.(tableOffset, table.length);
+    if (refused !== undefined) await refused;
     await writeAt(this.storage, table, tableOffset, `new refcount table at ${hex(tableOffset)}`);
     await flushStorage(this.storage, `new refcount table at ${hex(tableOffset)}`);
     try {
