@@ -123,6 +123,15 @@ const scenarios: Scenario[] = [
     ],
   },
   {
+    name: 'a dirty image (lazy refcounts, qemu-io aborted): repaired as qemu repairs it when opened for writing',
+    create: ['-o', 'lazy_refcounts=on'],
+    size: '1M',
+    setup: (dir, file) => {
+      sh(dir, 'qemu-io', ['-c', 'write -P 2 0 64k', '-c', 'abort', file]);
+    },
+    steps: [{ snapshot: ['-c', 'a'] }, { io: ['write -P 3 0 4k'] }, { snapshot: ['-a', 'a'] }],
+  },
+  {
     name: 'an overlay over a backing file',
     create: ['-b', 'base.qcow2', '-F', 'qcow2'],
     size: '2M',

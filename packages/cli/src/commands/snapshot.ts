@@ -1,4 +1,4 @@
-import { openImage, type Image, type OpenOptions, type SnapshotInfo } from '@qcow2/engine';
+import { checkImage, openImage, type CheckMessage, type Image, type OpenOptions, type SnapshotInfo } from '@qcow2/engine';
 import { isQcow2Error, type Qcow2ErrorCode } from '@qcow2/format';
 import type { Storage, StorageResolver } from '@qcow2/storage';
 import { createNodeResolver, createNodeStorage } from '@qcow2/storage-node';
@@ -135,6 +135,11 @@ async function openForSnapshot(
     options.dataFileResolver = tracked(createNodeResolver({ allowAbsolute: true, allowProtocols: ['file'], readOnly: false }));
   }
   try {
+    if (writable && forced !== 'raw' && (await isDirtyQcow2(storage))) {
+      // qemu's qcow2_do_open repairs a dirty image opened for writing as `check -r all`, its lines on stderr.
+      const emit = (m: CheckMessage): void => (m.report ? ctx.report(m.text) : ctx.err(`${m.text}\n`));
+      await checkImage(storage, { repair: 'all', onMessage: emit }).catch(() => undefined);
+    }
     const image = await openImage(storage, options);
     if (writable && forced === undefined && image.format === 'raw') ctx.err(probedRawWarning(filename));
     return { image, storage };
@@ -148,6 +153,14 @@ async function openForSnapshot(
     }
     throw new CliError(`Could not open '${filename}': ${reason}`, { cause: error });
   }
+}
+
+/** A qcow2 version 3 header with the dirty bit (lazy refcounts left unflushed). */
+async function isDirtyQcow2(storage: Storage): Promise<boolean> {
+  const head = new Uint8Array(80);
+  if ((await storage.read(head, 0)) < head.length) return false;
+  const view = new DataView(head.buffer);
+  return view.getUint32(0) === 0x514649fb && view.getUint32(4) >= 3 && (view.getUint32(76) & 1) !== 0;
 }
 
 /** The snapshot API of a writable qcow2 image (the engine gains it with the snapshot work). */
@@ -296,16 +309,17 @@ async function apply(ctx: Context, image: Image, snapshotName: string, filename:
 }
 
 async function remove(ctx: Context, image: Image, snapshotName: string): Promise<number> {
-  // qemu-img 7.2 looks the snapshot up by name only (bdrv_snapshot_find), then deletes that entry.
-  const found = image.snapshots.find((s) => s.name === snapshotName);
-  if (found === undefined) {
+  // qemu-img 7.2 looks the snapshot up by name only (bdrv_snapshot_find), as the engine's deleteSnapshot does.
+  const notFound = (): number => {
     ctx.report(`Could not delete snapshot '${snapshotName}': snapshot not found`);
     return 1;
-  }
+  };
+  if (!image.snapshots.some((s) => s.name === snapshotName)) return notFound();
   try {
-    await snapshotWriter(image).deleteSnapshot(found.id);
+    await snapshotWriter(image).deleteSnapshot(snapshotName);
   } catch (error) {
     if (!isQcow2Error(error)) throw error;
+    if (error.code === 'NOT_FOUND') return notFound();
     ctx.report(`Could not delete snapshot '${snapshotName}': ${describeError(error)}`);
     return 1;
   }
