@@ -1,5 +1,5 @@
 import { createTableCache, resolveCacheConfig, type CacheConfigOptions, type TableCache } from '@qcow2/cache';
-import { ActiveL1Table, createClusterMap, createClusterWriter, loadL1Table, readFully, type L1Table } from '@qcow2/cluster';
+import { ActiveL1Table, createClusterMap, createClusterWriter, loadL1Table, readFully, type ClusterWriter, type L1Table } from '@qcow2/cluster';
 import { getCodec, type ClusterCodec } from '@qcow2/compress';
 import {
   AUTOCLEAR_BITMAPS,
@@ -31,14 +31,17 @@ import {
   type Qcow2Header,
 } from '@qcow2/format';
 import { openRefcounts, type DiscardPolicy, type Refcounts } from '@qcow2/refcount';
+import { findSnapshotByIdOrName, InternalSnapshots, snapshotL1Offset, type SnapshotTableState } from '@qcow2/snapshot';
 import type { Storage } from '@qcow2/storage';
 import { combineName } from './backing-name.js';
 import { Qcow2Image, type Qcow2Parts } from './qcow2-image.js';
 import { Qcow2Writable, WriteTrackingStorage } from './qcow2-writable.js';
+import { ImageOverlapGuard, resolveOverlapChecks } from './overlap-check.js';
 import { ReadEpochs } from './read-epochs.js';
 import { layoutOf, repairRefcounts } from './refcount-check.js';
-import { readSnapshotTable, type StoredSnapshot } from './snapshot-table.js';
-import type { Image, OpenOptions, SnapshotInfo } from './types.js';
+import { createSnapshotOps, snapshotInfo, type SnapshotOps } from './snapshot-ops.js';
+import { readSnapshotTable } from './snapshot-table.js';
+import type { Image, OpenOptions } from './types.js';
 
 /** Opens the backing file an image names; undefined when the chain is not to be opened. */
 export type BackingOpener = (name: string, format: string | undefined) => Promise<Image | undefined>;
@@ -58,6 +61,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
   const name = options.name;
   const what = `qcow2 image${name === undefined ? '' : ` ${name}`}`;
   const writable = options.readOnly === false;
+  const overlapMask = resolveOverlapChecks(options.overlapCheck, options.overlapChecks);
   const unsafe = options.cacheMode === 'unsafe';
   if (writable && callerStorage.readOnly) {
     throw new Qcow2Error('READ_ONLY', `${what}: cannot open for writing, the storage is read-only`);
@@ -80,7 +84,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
   let lazyRefcounts = false;
   if (writable) {
     if ((header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
-      throw corrupt(`${what}: the image is corrupt (incompatible feature bit 1); cannot be opened read/write`);
+      throw corrupt(`${what}: Image is corrupt; cannot be opened read/write (incompatible feature bit 1 is set: repair it with check -r all)`);
     }
     lazyRefcounts = options.lazyRefcounts ?? (header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
     if (lazyRefcounts && header.version < 3) {
@@ -107,6 +111,18 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
     checkTable(what, 'snapshot table', header.snapshotsOffset, snapshotTableLength, clusterSize, fileSize);
   }
   const bitmaps = await readBitmaps(storage, header, extensions);
+  const bitmapExt = findHeaderExtension(extensions, 'bitmaps');
+  const overlap = writable
+    ? await ImageOverlapGuard.open(storage, {
+        mask: overlapMask,
+        clusterSize,
+        l1: activeL1!,
+        snapshotTable: { offset: header.snapshotsOffset, length: snapshotTableLength },
+        snapshotL1s: stored.map((sn) => ({ offset: sn.l1OffsetHi * TWO_POW_32 + sn.l1OffsetLo, size: sn.l1Size })),
+        bitmapDirectory: bitmapExt === undefined ? undefined : { offset: bitmapExt.bitmapDirectoryOffset, length: bitmapExt.bitmapDirectorySize },
+        externalDataFile: hasDataFile,
+      })
+    : undefined;
 
   const owned: (Storage | Image)[] = [];
   let l2Cache: TableCache | undefined;
@@ -157,6 +173,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
       entrySize: config.l2CacheEntrySize,
       cleanInterval: config.cacheCleanInterval,
       name: `${what}: L2 table`,
+      ...overlap?.cacheOptions('active-l2'),
     });
     const map = createClusterMap({
       clusterBits: header.clusterBits,
@@ -179,6 +196,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         entrySize: clusterSize,
         cleanInterval: config.cacheCleanInterval,
         name: `${what}: refcount block`,
+        ...overlap?.cacheOptions('refcount-block'),
       });
       const unmap = options.discard === 'unmap';
       const policy: DiscardPolicy = {
@@ -196,6 +214,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
           cache: refcountCache,
           l2Cache,
           discard: policy,
+          ...overlap?.writerOptions(),
         });
       } catch (error) {
         refcountCache.dispose();
@@ -212,6 +231,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         autoclearFeatures: header.autoclearFeatures,
         lazyRefcounts,
       });
+      overlap?.connect(refcounts, writableState);
       if ((header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
         // qemu repairs a dirty image before using it for writing.
         await repairRefcounts(storage, layoutOf(header, extensions, stored, snapshotTableLength), refcounts, activeL1!);
@@ -222,6 +242,11 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
     let codec: ClusterCodec | undefined;
     const cache = l2Cache;
     const ownedRefcounts = refcounts;
+    const table: SnapshotTableState = {
+      snapshots: stored,
+      location: { offset: header.snapshotsOffset, length: snapshotTableLength },
+      virtualSize,
+    };
     const snapshots = stored.map((s) => snapshotInfo(s, virtualSize));
     const state = { closed: false };
     const parts: Qcow2Parts = {
@@ -242,12 +267,15 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
       dirty: (header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
       state,
       openSnapshot: async (idOrName) => {
-        const index = findSnapshot(snapshots, idOrName);
+        // qemu-img convert -l: bdrv_snapshot_load_tmp_by_id_or_name (by id, then by name).
+        const index = findSnapshotByIdOrName(table.snapshots, idOrName);
         if (index < 0) throw new Qcow2Error('NOT_FOUND', `${what}: no snapshot with id or name ${JSON.stringify(idOrName)}`);
-        const sn = stored[index]!;
+        const sn = table.snapshots[index]!;
         const l1Offset = snapshotL1Offset(sn, clusterSize, what);
         const snapshotL1 = await loadL1Table(storage, l1Offset, sn.l1Size);
-        return new Qcow2Image(parts, map.withL1(snapshotL1), false);
+        // qemu's qcow2_snapshot_load_tmp: the view has the snapshot's disk size.
+        const diskSize = sn.entry.diskSize ?? table.virtualSize;
+        return new Qcow2Image({ ...parts, virtualSize: diskSize - (diskSize % 512) }, map.withL1(snapshotL1), false);
       },
       release: async () => {
         ownedRefcounts?.dispose();
@@ -262,10 +290,10 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
     if (writableState !== undefined) {
       const w = writableState;
       const extentsOf = (offset: number, length: number): Promise<{ kind: string }[]> => image.extents(offset, length);
-      w.writer = createClusterWriter({
+      const makeWriter = (virtualSize: number): ClusterWriter => createClusterWriter({
         map,
         l1: activeL1!,
-        l2Cache,
+        l2Cache: cache,
         refcounts: refcounts!,
         storage,
         dataStorage: data,
@@ -289,8 +317,32 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         beforeChange: () => w.beforeChange(),
         beforeFree: () => image.quiesceReads(),
         accurateRefcounts: () => w.accurateRefcounts(),
+        ...overlap?.writerOptions(),
         ...(name === undefined ? {} : { name }),
       });
+      w.writer = makeWriter(virtualSize);
+      const internal = new InternalSnapshots({
+        storage,
+        refcounts: refcounts!,
+        l2Cache,
+        l1: activeL1!,
+        clusterBits: header.clusterBits,
+        extendedL2,
+        version: header.version,
+        externalDataFile: hasDataFile,
+        state: table,
+        growL1: (minEntries, exact) => w.writer.growL1(minEntries, exact),
+        onResize: (size) => {
+          // The writer checks ranges against the virtual size it was made with.
+          parts.virtualSize = size;
+          w.writer = makeWriter(size);
+        },
+        ...(name === undefined ? {} : { name }),
+      });
+      const ops: SnapshotOps = createSnapshotOps(internal, table, (list) => {
+        parts.snapshots = list;
+      });
+      parts.snapshotOps = ops;
     }
     return image;
   } catch (error) {
@@ -394,42 +446,4 @@ function formatSpecific(
   out['corrupt'] = (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
   out['extended-l2'] = (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n;
   return out;
-}
-
-function snapshotInfo(s: StoredSnapshot, virtualSize: number): SnapshotInfo {
-  const e = s.entry;
-  const info: SnapshotInfo = {
-    id: e.id,
-    name: e.name,
-    vmStateSize: snapshotVmStateSize(e),
-    dateSec: e.dateSec,
-    dateNsec: e.dateNsec,
-    vmClockNsec: Number(e.vmClockNsec),
-    // qemu: the disk size from the extra data, else the image's current size.
-    diskSize: e.diskSize ?? virtualSize,
-  };
-  if (e.icount !== undefined && e.icount !== 0xffff_ffff_ffff_ffffn) info.icount = Number(e.icount);
-  return info;
-}
-
-/** qemu's find_snapshot_by_id_or_name: by id first, then by name. */
-function findSnapshot(snapshots: readonly SnapshotInfo[], idOrName: string): number {
-  const byId = snapshots.findIndex((s) => s.id === idOrName);
-  return byId >= 0 ? byId : snapshots.findIndex((s) => s.name === idOrName);
-}
-
-/** A snapshot's L1 table location, checked as qemu's qcow2_snapshot_load_tmp checks it. */
-function snapshotL1Offset(sn: StoredSnapshot, clusterSize: number, what: string): number {
-  const where = `${what}: snapshot ${JSON.stringify(sn.entry.id)} L1 table`;
-  if (sn.l1Size > MAX_L1_ENTRIES) {
-    throw corrupt(`${where}: l1_size ${sn.l1Size} exceeds qemu's ${MAX_L1_SIZE_BYTES}-byte limit (snapshot L1 table too large)`);
-  }
-  if (sn.l1OffsetHi > 0x1f_ffff) {
-    throw corrupt(`${where}: offset 0x${sn.l1OffsetHi.toString(16)}${sn.l1OffsetLo.toString(16).padStart(8, '0')} is invalid (exceeds 2^53)`);
-  }
-  const offset = sn.l1OffsetHi * TWO_POW_32 + sn.l1OffsetLo;
-  if (offset % clusterSize !== 0 || offset + sn.l1Size * L1_ENTRY_SIZE > Number.MAX_SAFE_INTEGER) {
-    throw corrupt(`${where}: offset ${hex(offset)} is invalid (not cluster-aligned)`);
-  }
-  return offset;
 }

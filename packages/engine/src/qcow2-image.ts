@@ -7,7 +7,8 @@ import { bufferProblem, rangeProblem, rejected } from './arguments.js';
 import { ExtentList } from './extent-list.js';
 import type { Qcow2Writable } from './qcow2-writable.js';
 import type { ReadEpoch, ReadEpochs } from './read-epochs.js';
-import type { Extent, Image, ImageStats, SnapshotInfo } from './types.js';
+import type { SnapshotOps } from './snapshot-ops.js';
+import type { CreateSnapshotOptions, Extent, Image, ImageStats, SnapshotInfo } from './types.js';
 
 /** What a qcow2 image view reads through; shared by the image and its snapshot views. */
 export interface Qcow2Parts {
@@ -38,6 +39,8 @@ export interface Qcow2Parts {
   state: { closed: boolean };
   /** Present when the image was opened for writing. */
   writable?: Qcow2Writable | undefined;
+  /** Internal snapshot create/apply/delete (images opened for writing). */
+  snapshotOps?: SnapshotOps | undefined;
   /** Reads in flight of a writable image, so freed clusters are reused only after them. */
   epochs?: ReadEpochs | undefined;
 }
@@ -59,14 +62,14 @@ const POOL_LIMIT = 4;
 export class Qcow2Image implements Image {
   readonly format = 'qcow2' as const;
   readonly readOnly: boolean;
-  readonly virtualSize: number;
   readonly clusterSize: number;
   readonly backingFile?: string;
   readonly backingFormat?: string;
   readonly backing?: Image;
-  readonly snapshots: readonly SnapshotInfo[];
   readonly formatSpecific: Record<string, unknown>;
   readonly #parts: Qcow2Parts;
+  /** Set while a snapshot operation runs: guest writes and flushes wait for it. */
+  #exclusive: Promise<void> | undefined;
   /** The write side (root image opened for writing only). */
   readonly #writable: Qcow2Writable | undefined;
   readonly #epochs: ReadEpochs | undefined;
@@ -89,17 +92,25 @@ export class Qcow2Image implements Image {
     this.#parts = parts;
     this.#map = map;
     this.#root = root;
-    this.virtualSize = parts.virtualSize;
     this.clusterSize = parts.clusterSize;
     if (parts.backingFile !== undefined) this.backingFile = parts.backingFile;
     if (parts.backingFormat !== undefined) this.backingFormat = parts.backingFormat;
     if (parts.backing !== undefined) this.backing = parts.backing;
-    this.snapshots = root ? parts.snapshots : [];
     this.formatSpecific = parts.formatSpecific;
     this.#writable = root ? parts.writable : undefined;
     this.#epochs = root ? parts.epochs : undefined;
     this.readOnly = this.#writable === undefined;
     this.#what = `qcow2 image${parts.name === undefined ? '' : ` ${parts.name}`}`;
+  }
+
+  /** The virtual size (it follows the disk size of an applied snapshot). */
+  get virtualSize(): number {
+    return this.#parts.virtualSize;
+  }
+
+  /** The internal snapshots (none for a snapshot view). */
+  get snapshots(): readonly SnapshotInfo[] {
+    return this.#root ? this.#parts.snapshots : [];
   }
 
   /** The dirty bit (lazy refcounts left unflushed) is set. */
@@ -372,31 +383,90 @@ export class Qcow2Image implements Image {
   write(src: Uint8Array, offset: number): Promise<void> {
     const bad = this.#writeProblem('write') ?? bufferProblem(this.#what, 'write', src);
     if (bad !== undefined) return rejected(bad);
+    if (this.#exclusive !== undefined) return this.#afterExclusive(() => this.write(src, offset));
     return this.#writable!.writer.write(src, offset);
   }
 
   writeZeroes(offset: number, length: number, options: { mayUnmap?: boolean } = {}): Promise<void> {
     const bad = this.#writeProblem('write zeroes');
     if (bad !== undefined) return rejected(bad);
+    if (this.#exclusive !== undefined) return this.#afterExclusive(() => this.writeZeroes(offset, length, options));
     return this.#writable!.writer.writeZeroes(offset, length, options?.mayUnmap === true);
   }
 
   discard(offset: number, length: number): Promise<void> {
     const bad = this.#writeProblem('discard');
     if (bad !== undefined) return rejected(bad);
+    if (this.#exclusive !== undefined) return this.#afterExclusive(() => this.discard(offset, length));
     return this.#writable!.writer.discard(offset, length);
   }
 
   writeCompressed(src: Uint8Array, offset: number): Promise<void> {
     const bad = this.#writeProblem('compressed write') ?? bufferProblem(this.#what, 'compressed write', src);
     if (bad !== undefined) return rejected(bad);
+    if (this.#exclusive !== undefined) return this.#afterExclusive(() => this.writeCompressed(src, offset));
     return this.#writable!.writer.writeCompressed(src, offset);
   }
 
   flush(): Promise<void> {
     const closed = this.#closedError('flush');
     if (closed !== undefined) return rejected(closed);
+    if (this.#exclusive !== undefined) return this.#afterExclusive(() => this.flush());
     return this.#writable === undefined ? RESOLVED : this.#writable.flush();
+  }
+
+  createSnapshot(name: string, options?: CreateSnapshotOptions): Promise<SnapshotInfo> {
+    return this.#snapshotOperation('create snapshot', (ops) => ops.create(name, options));
+  }
+
+  applySnapshot(idOrName: string): Promise<void> {
+    return this.#snapshotOperation('apply snapshot', (ops) => ops.apply(idOrName));
+  }
+
+  deleteSnapshot(idOrName: string): Promise<void> {
+    return this.#snapshotOperation('delete snapshot', (ops) => ops.delete(idOrName));
+  }
+
+  /** Runs `fn` once the gate opens (whatever the snapshot operation's outcome). */
+  #afterExclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#exclusive!.then(fn, fn);
+  }
+
+  /**
+   * A snapshot operation: later guest writes and flushes wait for it; it starts once the
+   * writes in flight are done, everything is flushed and the reads in flight are over.
+   */
+  #snapshotOperation<T>(operation: string, fn: (ops: SnapshotOps) => Promise<T>): Promise<T> {
+    const bad = this.#writeProblem(operation);
+    if (bad !== undefined) return rejected(bad);
+    const ops = this.#parts.snapshotOps;
+    if (ops === undefined) return rejected(new Qcow2Error('READ_ONLY', `${this.#what}: ${operation}: the image is open read-only`));
+    const previous = this.#exclusive ?? RESOLVED;
+    const run = previous.then(
+      () => this.#runSnapshotOperation(operation, ops, fn),
+      () => this.#runSnapshotOperation(operation, ops, fn),
+    );
+    const gate: Promise<void> = run.then(ignore, ignore);
+    this.#exclusive = gate;
+    void gate.then(() => {
+      if (this.#exclusive === gate) this.#exclusive = undefined;
+    });
+    return run;
+  }
+
+  async #runSnapshotOperation<T>(operation: string, ops: SnapshotOps, fn: (ops: SnapshotOps) => Promise<T>): Promise<T> {
+    const closed = this.#closedError(operation);
+    if (closed !== undefined) throw closed;
+    const w = this.#writable!;
+    await w.writer.drain();
+    await w.flush();
+    await this.quiesceReads();
+    await w.beforeChange();
+    try {
+      return await fn(ops);
+    } finally {
+      this.#forgetDecompressed();
+    }
   }
 
   #writeProblem(operation: string): Qcow2Error | undefined {
@@ -405,7 +475,7 @@ export class Qcow2Image implements Image {
     if (this.#writable === undefined) {
       return new Qcow2Error('READ_ONLY', `${this.#what}: ${operation}: the image is open read-only`);
     }
-    return undefined;
+    return this.#writable.corruption(operation);
   }
 
   async close(): Promise<void> {
@@ -414,6 +484,10 @@ export class Qcow2Image implements Image {
       return;
     }
     if (this.#parts.state.closed || this.#closing !== undefined) return this.#closing;
+    if (this.#exclusive !== undefined) {
+      this.#closing = this.#exclusive.then(() => this.#close());
+      return this.#closing;
+    }
     this.#closing = this.#close();
     return this.#closing;
   }

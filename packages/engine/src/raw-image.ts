@@ -3,7 +3,7 @@ import { alignUp, Qcow2Error, unsupported } from '@qcow2/format';
 import type { Storage } from '@qcow2/storage';
 import { bufferProblem, rangeProblem, rejected } from './arguments.js';
 import type { ExtentList } from './extent-list.js';
-import type { Extent, Image, ImageStats } from './types.js';
+import type { Extent, Image, ImageStats, SnapshotInfo } from './types.js';
 
 const ignore = (): void => undefined;
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -83,6 +83,18 @@ export class RawImage implements Image {
 
   async openSnapshot(idOrName: string): Promise<Image> {
     throw new Qcow2Error('NOT_FOUND', `${this.#what}: no snapshot ${JSON.stringify(idOrName)} (raw images have no internal snapshots)`);
+  }
+
+  createSnapshot(name: string): Promise<SnapshotInfo> {
+    return Promise.reject(unsupported(`${this.#what}: could not create snapshot '${name}': raw images have no internal snapshots`));
+  }
+
+  applySnapshot(idOrName: string): Promise<void> {
+    return Promise.reject(unsupported(`${this.#what}: could not apply snapshot '${idOrName}': raw images have no internal snapshots`));
+  }
+
+  deleteSnapshot(idOrName: string): Promise<void> {
+    return Promise.reject(unsupported(`${this.#what}: could not delete snapshot '${idOrName}': raw images have no internal snapshots`));
   }
 
   stats(): ImageStats {

@@ -9,19 +9,12 @@ import {
   MAX_SNAPSHOTS_SIZE_BYTES,
   SNAPSHOT_HEADER_SIZE,
   unsupported,
-  type SnapshotEntry,
 } from '@qcow2/format';
+import type { StoredSnapshot } from '@qcow2/snapshot';
 import type { Storage } from '@qcow2/storage';
 
 /** A snapshot table entry as read, with its L1 table location kept as stored (checked on use). */
-export interface StoredSnapshot {
-  entry: SnapshotEntry;
-  /** l1_table_offset as stored: the high and low 32 bits. */
-  l1OffsetHi: number;
-  l1OffsetLo: number;
-  /** l1_size as stored. */
-  l1Size: number;
-}
+export type { StoredSnapshot } from '@qcow2/snapshot';
 
 /** Bytes read at a time while walking the table. */
 const CHUNK = 64 * 1024;

@@ -62,7 +62,32 @@ export interface OpenOptions {
    * clusters starting past the end of their file. Default false: read as qemu reads.
    */
   strict?: boolean;
+  /**
+   * qemu's overlap-check: before every write to the image file (guest data and metadata), the
+   * range is checked against the metadata structures this selects — 'constant': the header,
+   * the active L1 table, the refcount table, the snapshot table and the bitmap directory;
+   * 'cached' (default): also the active L2 tables, the refcount blocks and the snapshots' L1
+   * tables; 'all': also the snapshots' L2 tables; 'none': nothing. A write that would land on one
+   * (other than the structure being written in place) is refused (CORRUPT, qemu's "Preventing
+   * invalid write on metadata (overlaps with …)"), the image is marked corrupt (incompatible
+   * feature bit 1, version 3) and takes no more writes; reads go on. Writable images only.
+   */
+  overlapCheck?: 'none' | 'constant' | 'cached' | 'all';
+  /** qemu's overlap-check.<structure> switches: each one given overrides what `overlapCheck` selects. */
+  overlapChecks?: Partial<Record<OverlapStructure, boolean>>;
 }
+
+/** The metadata structures of the overlap checks, as qemu's overlap-check.<structure> options name them. */
+export type OverlapStructure =
+  | 'main-header'
+  | 'active-l1'
+  | 'active-l2'
+  | 'refcount-table'
+  | 'refcount-block'
+  | 'snapshot-table'
+  | 'inactive-l1'
+  | 'inactive-l2'
+  | 'bitmap-directory';
 
 export type ExtentKind = 'data' | 'zero' | 'unallocated';
 
@@ -103,6 +128,15 @@ export interface SnapshotInfo {
   icount?: number;
 }
 
+/** Options of {@link Image.createSnapshot}. */
+export interface CreateSnapshotOptions {
+  /** Defaults as qemu-img snapshot -c: date = now (seconds, and microseconds × 1000 as nanoseconds). */
+  dateSec?: number;
+  dateNsec?: number;
+  /** Guest clock in nanoseconds; default 0 (qemu-img). */
+  vmClockNsec?: number;
+}
+
 export interface ImageStats {
   l2Hits: number;
   l2Misses: number;
@@ -131,6 +165,7 @@ export interface Image {
   readonly backingFormat?: string;
   /** The opened backing image, when opened. */
   readonly backing?: Image;
+  /** The internal snapshots, in table order (reflects creates, applies and deletes made through this Image). */
   readonly snapshots: readonly SnapshotInfo[];
   /**
    * qemu-img info's format-specific data, with qemu's field names: compat, compression-type,
@@ -152,6 +187,24 @@ export interface Image {
   extents(offset: number, length: number): Promise<Extent[]>;
   /** A read-only view of an internal snapshot's content (by id, else by name); NOT_FOUND if absent. */
   openSnapshot(idOrName: string): Promise<Image>;
+  /**
+   * qemu-img snapshot -c NAME: a new internal snapshot of the current content; its id is the
+   * highest numeric id + 1 (as qemu allocates it), VM state size 0, disk size the current virtual
+   * size. Crash-safe. READ_ONLY on a read-only image; UNSUPPORTED for raw images and images with
+   * an external data file; INVALID_ARGUMENT for a name already in use (qemu-img itself allows
+   * duplicates) or, with refcount_bits=1, an image with any L2 table (qemu: EINVAL).
+   */
+  createSnapshot(name: string, options?: CreateSnapshotOptions): Promise<SnapshotInfo>;
+  /**
+   * qemu-img snapshot -a: the image's content (and virtual size) become the snapshot's. Found by
+   * id, else by name (qemu's find_snapshot_by_id_or_name); NOT_FOUND if absent.
+   */
+  applySnapshot(idOrName: string): Promise<void>;
+  /**
+   * qemu-img snapshot -d: found as qemu 7.2's qemu-img finds it, by name only (bdrv_snapshot_find:
+   * `-d 1` deletes the snapshot named "1", not the one with id 1); NOT_FOUND if absent.
+   */
+  deleteSnapshot(idOrName: string): Promise<void>;
   /** Cache counters, for the CLI and benchmarks. */
   stats(): ImageStats;
   /**
