@@ -24,6 +24,10 @@ export interface WorkloadConfig {
   /** A small L2 cache (1 KiB of 512-byte entries): tables are evicted, written between flushes. */
   l2Small: boolean;
   ops: number;
+  /** Longest write, zero or discard in clusters (default 3). */
+  span?: number;
+  /** Concurrent batches of ops (default true). */
+  batches?: boolean;
 }
 
 export type Op =
@@ -32,13 +36,15 @@ export type Op =
   | { kind: 'discard'; offset: number; length: number }
   | { kind: 'compressed'; offset: number; length: number; seed: number }
   | { kind: 'read'; offset: number; length: number }
-  | { kind: 'flush' };
+  | { kind: 'flush' }
+  /** Concurrent ops on distinct clusters, with a flush started among them when `flush`. */
+  | { kind: 'batch'; ops: Op[]; flush: boolean };
 
 export function describeConfig(c: WorkloadConfig): string {
   return (
     `seed ${c.seed}, ${2 ** c.clusterBits} B clusters, refcount ${2 ** c.refcountOrder} bits, v${c.version}` +
     `${c.lazy ? ', lazy refcounts' : ''}${c.extendedL2 ? ', extended L2' : ''}` +
-    `${c.backing === 'none' ? '' : `, ${c.backing} backing`}${c.l2Small ? ', small L2 cache' : ''}, ${c.ops} ops`
+    `${c.backing === 'none' ? '' : `, ${c.backing} backing`}${c.l2Small ? ', small L2 cache' : ''}, ${c.ops} ops${c.span === undefined ? '' : ` of up to ${c.span} clusters`}`
   );
 }
 
@@ -80,14 +86,32 @@ export function workloadOps(c: WorkloadConfig): Op[] {
   const ops: Op[] = [];
   for (let i = 0; i < c.ops; i++) {
     const k = int(100);
-    if (k < 38) ops.push({ kind: 'write', ...range(3), seed: int(2 ** 30) });
-    else if (k < 52) ops.push({ kind: 'zero', ...range(3), unmap: rand() < 0.5 });
-    else if (k < 62) ops.push({ kind: 'discard', ...range(3) });
+    const span = c.span ?? 3;
+    if (k < 38) ops.push({ kind: 'write', ...range(span), seed: int(2 ** 30) });
+    else if (k < 52) ops.push({ kind: 'zero', ...range(span), unmap: rand() < 0.5 });
+    else if (k < 62) ops.push({ kind: 'discard', ...range(span) });
     else if (k < 72) {
       const offset = int(clusters) * cs;
       ops.push({ kind: 'compressed', offset, length: Math.min(cs, size - offset), seed: int(2 ** 30) });
-    } else if (k < 82) ops.push({ kind: 'read', ...range(2) });
-    else ops.push({ kind: 'flush' });
+    } else if (k < 80) ops.push({ kind: 'read', ...range(2) });
+    else if (k < 88 && c.batches !== false) {
+      // 2..4 ops on distinct clusters, run together.
+      const batch: Op[] = [];
+      const used: [number, number][] = [];
+      for (let tries = 0; tries < 12 && batch.length < 4; tries++) {
+        const r = range(2);
+        const from = Math.floor(r.offset / cs);
+        const to = Math.ceil((r.offset + r.length) / cs);
+        if (used.some(([a, b]) => from < b && a < to)) continue;
+        used.push([from, to]);
+        const j = int(5);
+        if (j < 2) batch.push({ kind: 'write', ...r, seed: int(2 ** 30) });
+        else if (j < 3) batch.push({ kind: 'zero', ...r, unmap: rand() < 0.5 });
+        else if (j < 4) batch.push({ kind: 'discard', ...r });
+        else batch.push({ kind: 'read', ...r });
+      }
+      ops.push({ kind: 'batch', ops: batch, flush: rand() < 0.4 });
+    } else ops.push({ kind: 'flush' });
   }
   return ops;
 }
@@ -151,10 +175,11 @@ export class Model {
     this.cs = 2 ** config.clusterBits;
   }
 
-  /** The guest range `op` may change ([0, 0) for reads and flushes). */
-  touched(op: Op): [number, number] {
-    if (op.kind === 'read' || op.kind === 'flush') return [0, 0];
-    return [op.offset, op.offset + op.length];
+  /** The guest ranges `op` may change (none for reads and flushes). */
+  touched(op: Op): [number, number][] {
+    if (op.kind === 'read' || op.kind === 'flush') return [];
+    if (op.kind === 'batch') return op.ops.flatMap((o) => this.touched(o));
+    return [[op.offset, op.offset + op.length]];
   }
 
   apply(op: Op): void {
@@ -188,8 +213,19 @@ export function isAlreadyAllocated(error: unknown): boolean {
   return isQcow2Error(error) && error.code === 'IO' && /already allocated/.test(error.message);
 }
 
-/** Runs one op on the image; false when a compressed write was refused as qemu refuses it (nothing changed). */
-export async function runOp(image: Image, op: Op, model: Model | undefined): Promise<boolean> {
+export interface RunOptions {
+  /** Compare what reads return with the model (default true). */
+  checkReads?: boolean;
+  /** Called when the flush of a batch resolves, with the model as it was before the batch. */
+  onBatchFlush?: (before: Uint8Array) => void;
+}
+
+/**
+ * Runs one op on the image and applies what it did to the model (nothing for a compressed write
+ * refused as qemu refuses it). A batch runs its ops together; when one rejects, the others still
+ * finish (and are applied) before the first rejection is rethrown.
+ */
+export async function runOp(image: Image, op: Op, model: Model, options: RunOptions = {}): Promise<void> {
   switch (op.kind) {
     case 'write':
       await image.write(bytesOf(op.seed, op.length), op.offset);
@@ -204,13 +240,13 @@ export async function runOp(image: Image, op: Op, model: Model | undefined): Pro
       try {
         await image.writeCompressed(bytesOf(op.seed, op.length, true), op.offset);
       } catch (error) {
-        if (isAlreadyAllocated(error)) return false;
+        if (isAlreadyAllocated(error)) return;
         throw error;
       }
       break;
     case 'read': {
       const dst = await image.readBytes(op.offset, op.length);
-      if (model !== undefined) {
+      if (options.checkReads !== false) {
         const want = model.bytes.subarray(op.offset, op.offset + op.length);
         if (!equalBytes(dst, want)) throw new Error(`read ${op.length} at ${op.offset}: differs from the model`);
       }
@@ -219,8 +255,23 @@ export async function runOp(image: Image, op: Op, model: Model | undefined): Pro
     case 'flush':
       await image.flush();
       break;
+    case 'batch': {
+      const before = model.bytes.slice();
+      const runs = op.ops.map((o) => runOp(image, o, model, options));
+      if (op.flush) {
+        runs.push(
+          image.flush().then(() => {
+            options.onBatchFlush?.(before);
+          }),
+        );
+      }
+      const settled = await Promise.allSettled(runs);
+      const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (rejected !== undefined) throw rejected.reason;
+      return;
+    }
   }
-  return true;
+  model.apply(op);
 }
 
 export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
