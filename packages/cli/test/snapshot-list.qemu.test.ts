@@ -174,6 +174,9 @@ describeWithQemu('qcow2 snapshot -l, info and convert -l equal qemu-img 7.2 on q
       ['-a', 'x', 'disk.raw'],
       ['-d', 'x', 'disk.raw'],
       ['disk.raw'],
+      ['-U', 'many.qcow2'], // no action opens for writing
+      ['-l', '-c', 'x', '-h', 'many.qcow2'],
+      ['--format', 'qcow2', '-l', 'many.qcow2'], // qemu-img 7.2 has no --format here
       ['-c', 'x', 'df.qcow2'],
       ['-a', 'x', 'df.qcow2'],
       ['-d', 'x', 'df.qcow2'],

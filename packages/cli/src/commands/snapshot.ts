@@ -198,7 +198,6 @@ export async function snapshotCommand(ctx: Context, argv: readonly string[]): Pr
         { name: 'object', hasArg: true },
         { name: 'image-opts', hasArg: false },
         { name: 'force-share', hasArg: false, id: 'U' },
-        { name: 'format', hasArg: true, id: 'f' },
       ],
     }),
   );
