@@ -13,14 +13,6 @@ import { unsupportedOption } from './common.js';
 
 type Action = 'list' | 'create' | 'apply' | 'delete';
 
-/** The snapshot members of @qcow2/engine's writable `Image` (the snapshot API contract). */
-interface SnapshotWriter {
-  readonly snapshots: readonly SnapshotInfo[];
-  createSnapshot(name: string, options?: { dateSec?: number; dateNsec?: number; vmClockNsec?: number }): Promise<SnapshotInfo>;
-  applySnapshot(idOrName: string): Promise<void>;
-  deleteSnapshot(idOrName: string): Promise<void>;
-}
-
 /** qcow2's QCOW_MAX_SNAPSHOTS: qcow2_snapshot_create refuses one more with EFBIG. */
 const MAX_SNAPSHOTS = 65536;
 
@@ -163,15 +155,6 @@ async function isDirtyQcow2(storage: Storage): Promise<boolean> {
   return view.getUint32(0) === 0x514649fb && view.getUint32(4) >= 3 && (view.getUint32(76) & 1) !== 0;
 }
 
-/** The snapshot API of a writable qcow2 image (the engine gains it with the snapshot work). */
-function snapshotWriter(image: Image): SnapshotWriter {
-  const candidate = image as Image & Partial<SnapshotWriter>;
-  if (typeof candidate.createSnapshot !== 'function') {
-    throw new CliError('this build of @qcow2/engine cannot write snapshots');
-  }
-  return candidate as Image & SnapshotWriter;
-}
-
 function hasDataFile(image: Image): boolean {
   return image.formatSpecific?.['data-file'] !== undefined;
 }
@@ -275,7 +258,7 @@ async function create(ctx: Context, image: Image, snapshotName: string): Promise
   if (image.snapshots.length >= MAX_SNAPSHOTS) return fail('EFBIG');
   const micros = realTimeMicros();
   try {
-    await snapshotWriter(image).createSnapshot(qemuSnapshotName(snapshotName), {
+    await image.createSnapshot(qemuSnapshotName(snapshotName), {
       dateSec: Math.floor(micros / 1e6),
       dateNsec: (micros % 1e6) * 1000,
       vmClockNsec: 0,
@@ -299,7 +282,7 @@ async function apply(ctx: Context, image: Image, snapshotName: string, filename:
   }
   if (hasDataFile(image)) return fail(`Failed to load snapshot: ${strerror('ENOTSUP')}`);
   try {
-    await snapshotWriter(image).applySnapshot(snapshotName);
+    await image.applySnapshot(snapshotName);
   } catch (error) {
     if (!isQcow2Error(error)) throw error;
     return fail(`Failed to load snapshot: ${strerror(errnoName(error))}`);
@@ -315,7 +298,7 @@ async function remove(ctx: Context, image: Image, snapshotName: string): Promise
   };
   if (!image.snapshots.some((s) => s.name === snapshotName)) return notFound();
   try {
-    await snapshotWriter(image).deleteSnapshot(snapshotName);
+    await image.deleteSnapshot(snapshotName);
   } catch (error) {
     if (!isQcow2Error(error)) throw error;
     if (error.code === 'NOT_FOUND') return notFound();
