@@ -169,8 +169,9 @@ function realTimeMicros(): number {
  * -c snapshot | -d snapshot] filename`: qemu-img snapshot, with its messages and exit statuses.
  * `-f` is an addition (later qemu-img versions have it; 7.2 probes the format). As in qemu-img
  * 7.2: -l prints nothing for an image without snapshots; -a looks a snapshot up by id, then by
- * name; -d by name only; -c allows a name that is already taken (the new snapshot gets a new id);
- * no action opens the image for writing and closes it.
+ * name; -d by name only (the first snapshot with that name); -c cuts a name to 255 bytes; no action
+ * opens the image for writing and closes it. Unlike qemu-img 7.2, -c refuses a name already in
+ * use (@qcow2/engine keeps names unique): "Could not create snapshot 'x': -22 (Invalid argument)".
  */
 export async function snapshotCommand(ctx: Context, argv: readonly string[]): Promise<number> {
   const parsed = checkGetopt(
