@@ -9,6 +9,7 @@ export type {
   ImageFormat,
   ImageStats,
   OpenOptions,
+  OverlapStructure,
   SnapshotInfo,
 } from './types.js';
 export * from './create-image.js';

@@ -1,6 +1,6 @@
 import type { TableCache } from '@qcow2/cache';
 import type { ClusterWriter } from '@qcow2/cluster';
-import { AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_DIRTY, isQcow2Error, Qcow2Error } from '@qcow2/format';
+import { AUTOCLEAR_DATA_FILE_RAW, corrupt, hex, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, isQcow2Error, Qcow2Error } from '@qcow2/format';
 import type { Refcounts } from '@qcow2/refcount';
 import type { Storage } from '@qcow2/storage';
 
@@ -46,6 +46,10 @@ export class Qcow2Writable {
   #prepared: Promise<void> | undefined;
   #closed = false;
   readonly #what: string;
+  /** Why the image was marked corrupt (qemu's message), once it was. */
+  #corruptReason: string | undefined;
+  /** The corrupt bit being written to the header. */
+  #marking: Promise<void> | undefined;
 
   constructor(parts: WritableParts) {
     this.#p = parts;
@@ -67,6 +71,56 @@ export class Qcow2Writable {
   /** The dirty bit is set now. */
   get dirty(): boolean {
     return (this.#incompatible & INCOMPAT_DIRTY) !== 0n;
+  }
+
+  /** The autoclear feature bits as they are in the header now. */
+  get autoclearFeatures(): bigint {
+    return this.#autoclear;
+  }
+
+  /** qemu's message for the event that marked the image corrupt while open, else undefined. */
+  get corruptReason(): string | undefined {
+    return this.#corruptReason;
+  }
+
+  /** Why `operation` is refused once the image was marked corrupt (CORRUPT), else undefined. */
+  corruption(operation: string): Qcow2Error | undefined {
+    if (this.#corruptReason === undefined) return undefined;
+    return corrupt(`${this.#what}: ${operation}: the image was marked corrupt (${this.#corruptReason}); it takes no more writes`);
+  }
+
+  /** Rejects (after the corrupt bit is written) once the image was marked corrupt; undefined before. */
+  refusal(): Promise<never> | undefined {
+    if (this.#corruptReason === undefined) return undefined;
+    const error = this.corruption('write')!;
+    return this.#marking!.then(() => Promise.reject(error));
+  }
+
+  /**
+   * qemu's qcow2_signal_corruption for a fatal event (qcow2_mark_corrupt): from now on every
+   * write is refused, and the corrupt bit (incompatible feature bit 1) is written to the header
+   * of a version 3 image and flushed (version 2 has no place for it: the image is only unusable
+   * while open, as in qemu). Rejects with `message` once the bit is written.
+   */
+  signalCorruption(message: string, offset: number, length: number): Promise<never> {
+    if (this.#corruptReason === undefined) {
+      this.#corruptReason = message;
+      this.#marking = this.#p.version >= 3 ? this.#markCorrupt() : Promise.resolve();
+    }
+    const error = corrupt(`${this.#what}: ${message}; image marked as corrupt (write of ${length} bytes at host offset ${hex(offset)})`);
+    return this.#marking!.then(() => Promise.reject(error));
+  }
+
+  async #markCorrupt(): Promise<void> {
+    const value = this.#incompatible | INCOMPAT_CORRUPT;
+    const storage = this.#p.storage;
+    try {
+      await storage.write(mask(value), INCOMPATIBLE_FEATURES_AT);
+      await storage.flush();
+      this.#incompatible = value;
+    } catch {
+      // As qemu, which ignores a failure of qcow2_mark_corrupt: the writes are refused anyway.
+    }
   }
 
   /** False while refcount updates may lag behind L2 tables (qemu's qcow2_need_accurate_refcounts). */
@@ -124,6 +178,8 @@ export class Qcow2Writable {
    */
   async flush(): Promise<void> {
     if (this.#closed) return;
+    const refused = this.refusal();
+    if (refused !== undefined) return refused;
     const p = this.#p;
     if (p.dataFile !== undefined) await this.#io(() => p.dataFile!.flush(), 'external data file: flush');
     await this.#writer?.releaseFrees();
@@ -138,6 +194,13 @@ export class Qcow2Writable {
    */
   async close(): Promise<void> {
     if (this.#closed) return;
+    if (this.#corruptReason !== undefined) {
+      // qemu makes a corrupt image unusable: nothing more is written (cached changes are dropped).
+      await this.#writer?.drain().catch(() => undefined);
+      await this.#marking;
+      this.#closed = true;
+      return;
+    }
     await this.#writer?.close();
     await this.flush();
     if (this.dirty) await this.markClean();
