@@ -23,6 +23,11 @@ export class BlockCache {
     return this.#blocks.size;
   }
 
+  /** Whether the block is held, without refreshing it. */
+  has(index: number): boolean {
+    return this.#blocks.has(index);
+  }
+
   get(index: number): Uint8Array | undefined {
     const block = this.#blocks.get(index);
     if (block !== undefined) {

@@ -21,6 +21,13 @@ export interface HttpStorageOptions {
    * Default 2 MiB.
    */
   maxCoalesce?: number;
+  /**
+   * Read-ahead for sequential reads, in bytes (qemu's curl `readahead`, adaptive): a read that
+   * starts where a recent read ended also fetches, in the background, as many bytes as it asked
+   * for (at most this many, and at most half the cache) after its end, so the next sequential read
+   * finds them cached or in flight. Random reads never trigger it; 0 turns it off. Default 2 MiB.
+   */
+  readAhead?: number;
 }
 
 /** Counters since the storage was opened (the opening requests included). */
@@ -50,6 +57,9 @@ const MiB = 1024 * KiB;
 const DEFAULT_BLOCK_SIZE = 64 * KiB;
 const DEFAULT_CACHE_BYTES = 16 * MiB;
 const DEFAULT_MAX_COALESCE = 2 * MiB;
+const DEFAULT_READ_AHEAD = 2 * MiB;
+/** How many recent read ends a new read is compared with to recognize a sequential stream. */
+const STREAMS = 4;
 const MIN_BLOCK_SIZE = 512;
 const MAX_BLOCK_SIZE = 16 * MiB;
 /** Requests in flight at once; more wait (browsers allow 6 connections per host on HTTP/1.1). */
@@ -77,6 +87,7 @@ export async function createHttpStorage(url: string, options: HttpStorageOptions
   const blockSize = integerOption(where, 'blockSize', options.blockSize, DEFAULT_BLOCK_SIZE, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
   const cacheBytes = integerOption(where, 'cacheBytes', options.cacheBytes, DEFAULT_CACHE_BYTES, 0, Number.MAX_SAFE_INTEGER);
   const maxCoalesce = integerOption(where, 'maxCoalesce', options.maxCoalesce, DEFAULT_MAX_COALESCE, 1, Number.MAX_SAFE_INTEGER);
+  const readAhead = integerOption(where, 'readAhead', options.readAhead, DEFAULT_READ_AHEAD, 0, Number.MAX_SAFE_INTEGER);
   const fetchOption = options.fetch;
   if (fetchOption !== undefined && typeof fetchOption !== 'function') {
     throw new Qcow2Error('INVALID_ARGUMENT', `${where}: options.fetch is not a function`);
@@ -90,7 +101,7 @@ export async function createHttpStorage(url: string, options: HttpStorageOptions
   const headers = requestHeaders(where, options.headers);
   const client = new HttpClient(url, where, fetch, headers);
   const probe = await client.probe(blockSize);
-  const file = new HttpFile(client, probe.size, blockSize, Math.max(1, Math.floor(maxCoalesce / blockSize)), cacheBytes);
+  const file = new HttpFile(client, probe.size, blockSize, Math.max(1, Math.floor(maxCoalesce / blockSize)), cacheBytes, readAhead);
   if (probe.block0 !== undefined) file.seed(0, probe.block0);
   return file;
 }
@@ -394,14 +405,20 @@ class HttpFile implements HttpStorage {
   #closed = false;
   #blockHits = 0;
   #blockMisses = 0;
+  /** Read-ahead limit in blocks (0: off). */
+  readonly #readAheadBlocks: number;
+  /** Where recent reads ended, most recent last: a read starting at one of them is sequential. */
+  readonly #streamEnds: number[] = [];
 
-  constructor(client: HttpClient, size: number, blockSize: number, maxBlocks: number, cacheBytes: number) {
+  constructor(client: HttpClient, size: number, blockSize: number, maxBlocks: number, cacheBytes: number, readAhead: number) {
     this.#client = client;
     this.url = client.url;
     this.#size = size;
     this.#blockSize = blockSize;
     this.#maxBlocks = maxBlocks;
     this.#cache = new BlockCache(cacheBytes);
+    // Never more than half the cache, so read-ahead cannot evict the blocks being read.
+    this.#readAheadBlocks = Math.min(Math.floor(readAhead / blockSize), Math.floor(cacheBytes / 2 / blockSize));
   }
 
   /** Puts a block fetched while opening into the cache. */
@@ -430,6 +447,7 @@ class HttpFile implements HttpStorage {
     // Ask for every block before awaiting any, so that they are requested together.
     const blocks: (Uint8Array | Promise<Uint8Array>)[] = [];
     for (let index = first; index <= last; index++) blocks.push(this.#block(index));
+    this.#readAhead(offset, end, last);
     for (let index = first; index <= last; index++) {
       let block = blocks[index - first] as Uint8Array | Promise<Uint8Array>;
       if (!(block instanceof Uint8Array)) {
@@ -467,6 +485,48 @@ class HttpFile implements HttpStorage {
     if (this.#closed) return;
     this.#closed = true;
     this.#cache.clear();
+  }
+
+  /**
+   * For a read of [offset, end) that continues a recent one, fetches the blocks after `last`
+   * (as many as the read covered, up to the read-ahead limit) in a request of their own, issued
+   * after this tick's dispatch so the read's own blocks are asked for first.
+   */
+  #readAhead(offset: number, end: number, last: number): void {
+    const ends = this.#streamEnds;
+    const stream = ends.indexOf(offset);
+    if (stream >= 0) ends.splice(stream, 1);
+    else if (ends.length >= STREAMS) ends.shift();
+    ends.push(end);
+    if (stream < 0 || this.#readAheadBlocks === 0) return;
+    const B = this.#blockSize;
+    const lastBlock = Math.ceil(this.#size / B) - 1;
+    const count = Math.min(this.#readAheadBlocks, Math.ceil((end - offset) / B), lastBlock - last);
+    if (count <= 0) return;
+    // A microtask queued after the dispatch this read scheduled, so it runs after it.
+    void Promise.resolve().then(() => {
+      if (this.#closed) return;
+      let index = last + 1;
+      const stop = last + 1 + count;
+      while (index < stop) {
+        // Skip what is cached or already in flight; fetch each missing run with one request.
+        if (this.#cache.has(index) || this.#inflight.has(index)) {
+          index++;
+          continue;
+        }
+        const waiters: Waiter[] = [];
+        const first = index;
+        while (index < stop && waiters.length < this.#maxBlocks && !this.#cache.has(index) && !this.#inflight.has(index)) {
+          const promise = new Promise<Uint8Array>((resolve, reject) => {
+            waiters.push({ resolve, reject });
+          });
+          promise.catch(ignore); // nobody may ever read it; a failure is retried by a real read
+          this.#inflight.set(index, promise);
+          index++;
+        }
+        void this.#fetchRun(first, waiters);
+      }
+    });
   }
 
   /** A cached block, or the promise of one: joined if in flight, else queued for the next dispatch. */

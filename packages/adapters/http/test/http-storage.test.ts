@@ -203,7 +203,7 @@ describe('createHttpStorage: requests', () => {
   it('concurrent reads of neighbouring blocks become one Range request', async () => {
     const data = bytes(1024 * KiB, 4);
     const { url, gets } = serve(data);
-    const s = await createHttpStorage(url, { blockSize: 4096 });
+    const s = await createHttpStorage(url, { blockSize: 4096, readAhead: 0 });
     const offsets = [40_960, 45_056, 49_152, 53_248, 57_344, 61_440, 65_536, 69_632]; // blocks 10..17
     const dsts = offsets.map(() => new Uint8Array(4096));
     await Promise.all(offsets.map((offset, i) => s.read(dsts[i] as Uint8Array, offset)));
@@ -230,7 +230,7 @@ describe('createHttpStorage: requests', () => {
   it('a read of a block already in flight shares its request', async () => {
     const data = bytes(256 * KiB, 6);
     const { url, gets } = serve(data);
-    const s = await createHttpStorage(url);
+    const s = await createHttpStorage(url, { readAhead: 0 });
     const a = new Uint8Array(1000);
     const b = new Uint8Array(1000);
     const first = s.read(a, 70_000);
@@ -284,7 +284,7 @@ describe('createHttpStorage: requests', () => {
   it('cached blocks are not fetched again; the LRU keeps at most cacheBytes', async () => {
     const data = bytes(1024 * KiB, 8);
     const { url, gets } = serve(data);
-    const s = await createHttpStorage(url, { blockSize: 4096, cacheBytes: 3 * 4096 });
+    const s = await createHttpStorage(url, { blockSize: 4096, cacheBytes: 3 * 4096, readAhead: 0 });
     const read = async (block: number): Promise<void> => {
       const dst = new Uint8Array(4096);
       await s.read(dst, block * 4096);
@@ -362,7 +362,7 @@ describe('createHttpStorage: misbehaving servers', () => {
   it("a 500 during reads rejects every reader of the run with 'IO'; the next read asks again", async () => {
     const data = bytes(200 * KiB, 15);
     const { path, url, gets } = serve(data, { failWith: (n) => (n === 2 ? 500 : undefined) });
-    const s = await createHttpStorage(url, { blockSize: 4096 });
+    const s = await createHttpStorage(url, { blockSize: 4096, readAhead: 0 });
     const reads = [s.read(new Uint8Array(4096), 4096), s.read(new Uint8Array(4096), 8192)];
     const errors = await Promise.all(reads.map((r) => rejection(r)));
     for (const e of errors) {
@@ -433,5 +433,80 @@ describe('createHttpStorage: read-only and closed', () => {
     expect((await rejection(pending)).code).toBe('CLOSED');
     expect((await rejection(s.read(new Uint8Array(10), 0))).code).toBe('CLOSED');
     expect((await rejection(s.size())).code).toBe('CLOSED');
+  });
+});
+
+describe('createHttpStorage: read-ahead', () => {
+  /** Lets the adapter's background requests finish. */
+  const settle = async (): Promise<void> => {
+    for (let i = 0; i < 20; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  };
+
+  it('a read continuing the previous one also fetches as many bytes after it, and the next read finds them', async () => {
+    const data = bytes(256 * KiB, 20);
+    const { url, gets } = serve(data);
+    const s = await createHttpStorage(url, { blockSize: 4096 });
+    const dst = new Uint8Array(16 * KiB);
+    await s.read(dst, 64 * KiB); // not sequential: no read-ahead
+    await settle();
+    expect(gets()).toEqual(['bytes=0-4095', 'bytes=65536-81919']);
+    await s.read(dst, 80 * KiB); // continues it: fetches 80..96 KiB, then 96..112 KiB in the background
+    expectBytes(dst, data.subarray(80 * KiB, 96 * KiB));
+    await settle();
+    expect(gets()).toEqual(['bytes=0-4095', 'bytes=65536-81919', 'bytes=81920-98303', 'bytes=98304-114687']);
+    const before = s.stats();
+    await s.read(dst, 96 * KiB); // served from the read-ahead
+    expectBytes(dst, data.subarray(96 * KiB, 112 * KiB));
+    expect(s.stats().blockHits - before.blockHits).toBe(4);
+    await settle();
+    // ...and it continues the stream, so the next 16 KiB are on their way.
+    expect(gets().at(-1)).toBe('bytes=114688-131071');
+    await s.close();
+  });
+
+  it('random reads, readAhead 0 and the end of the resource stop it; it never exceeds half the cache', async () => {
+    const data = bytes(64 * KiB, 21);
+    const off = serve(data);
+    const s = await createHttpStorage(off.url, { blockSize: 4096, readAhead: 0 });
+    const dst = new Uint8Array(8 * KiB);
+    for (const at of [8, 16, 24]) await s.read(dst, at * KiB);
+    await settle();
+    expect(off.gets()).toEqual(['bytes=0-4095', 'bytes=8192-16383', 'bytes=16384-24575', 'bytes=24576-32767']);
+    await s.close();
+
+    const random = serve(data);
+    const r = await createHttpStorage(random.url, { blockSize: 4096 });
+    for (const at of [40, 8, 24]) await r.read(dst, at * KiB);
+    await settle();
+    expect(random.gets()).toEqual(['bytes=0-4095', 'bytes=40960-49151', 'bytes=8192-16383', 'bytes=24576-32767']);
+    await r.read(dst, 56 * KiB); // recent reads ended at 48, 16 and 32 KiB: not sequential
+    await r.read(dst.subarray(0, 4096), 64 * KiB - 4096); // inside what the last read fetched: no request
+    await settle();
+    expect(random.gets().slice(4)).toEqual(['bytes=57344-65535']);
+    await r.close();
+
+    const small = serve(bytes(256 * KiB, 22));
+    const c = await createHttpStorage(small.url, { blockSize: 4096, cacheBytes: 16 * KiB });
+    const big = new Uint8Array(32 * KiB);
+    await c.read(big, 0);
+    await c.read(big, 32 * KiB);
+    await settle();
+    // Half the 16 KiB cache: two blocks of read-ahead, not eight.
+    expect(small.gets().at(-1)).toBe('bytes=65536-73727');
+    await c.close();
+  });
+
+  it('a failed read-ahead is not reported to anybody; the read that needs the bytes asks again and gets them', async () => {
+    const data = bytes(128 * KiB, 23);
+    const { url, gets } = serve(data, { failWith: (n) => (n === 4 ? 500 : undefined) });
+    const s = await createHttpStorage(url, { blockSize: 4096 });
+    const dst = new Uint8Array(8 * KiB);
+    await s.read(dst, 0);
+    await s.read(dst, 8 * KiB); // request 3; its read-ahead (16..24 KiB) is request 4 and fails
+    await settle();
+    await s.read(dst, 16 * KiB);
+    expectBytes(dst, data.subarray(16 * KiB, 24 * KiB));
+    expect(gets().filter((r) => r === 'bytes=16384-24575')).toHaveLength(2);
+    await s.close();
   });
 });
