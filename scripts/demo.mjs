@@ -97,6 +97,15 @@ if (existsSync(qcow2)) {
   show(qcow2, ['info', file]);
   show(qcow2, ['map', file]);
   show(qcow2, ['io', '-c', 'read -P 0xab 1M 64k', '-c', 'read -v 0 32', file]);
+  // The write side: a snapshot, writes over it, a check, and the snapshot's content read back.
+  show(qcow2, ['snapshot', '-c', 'before-writes', file]);
+  show(qcow2, ['io', '-c', 'write -P 0xcd 1M 64k', '-c', 'write -c -P 0x11 4M 64k', '-c', 'write -z 0 64k', file]);
+  show(qcow2, ['snapshot', '-l', file]);
+  show(qcow2, ['check', file]);
+  const before = join(outDir, 'before-writes.raw');
+  show(qcow2, ['convert', '-l', 'before-writes', '-O', 'raw', file, before]);
+  show(qcow2, ['io', '-f', 'raw', '-c', 'read -P 0xab 1M 64k', before]);
+  show(qcow2, ['map', file]);
 }
 if (spawnSync('qemu-img', ['--version']).status === 0) {
   show('qemu-img', ['check', file]);
