@@ -33,32 +33,36 @@ export function snapshotInfo(s: StoredSnapshot, virtualSize: number): SnapshotIn
 export function createSnapshotOps(
   snapshots: InternalSnapshots,
   state: SnapshotTableState,
-  publish: (list: readonly SnapshotInfo[]) => void,
+  publish: (list: readonly SnapshotInfo[]) => void | Promise<void>,
 ): SnapshotOps {
-  const refresh = (rewritten: boolean): void => {
+  const refresh = async (rewritten: boolean): Promise<void> => {
     if (rewritten) {
       state.snapshots = state.snapshots.map((s) => ({ ...s, entry: entryForWrite(s.entry, state.virtualSize) }));
     }
-    publish(state.snapshots.map((s) => snapshotInfo(s, state.virtualSize)));
+    await publish(state.snapshots.map((s) => snapshotInfo(s, state.virtualSize)));
   };
   return {
     async create(name, options) {
-      const sn = await snapshots.create(name, options ?? {});
-      refresh(true);
+      let sn;
+      try {
+        sn = await snapshots.create(name, options ?? {});
+      } finally {
+        await refresh(true);
+      }
       return snapshotInfo(sn, state.virtualSize);
     },
     async apply(idOrName) {
       try {
         await snapshots.apply(idOrName);
       } finally {
-        refresh(false);
+        await refresh(false);
       }
     },
     async delete(idOrName) {
       try {
         await snapshots.delete(idOrName);
       } finally {
-        refresh(true);
+        await refresh(true);
       }
     },
   };

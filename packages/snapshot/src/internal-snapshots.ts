@@ -153,7 +153,9 @@ export class InternalSnapshots {
       }
     }
     const size = l1.size;
-    const copy = l1.bytes.slice();
+    // Every table it references will be shared: no COPIED flag (qemu copies the active flags,
+    // which then disagree with the refcounts until a snapshot apply fixes them).
+    const copy = withoutCopied(l1.bytes.slice());
     const cs = this.#clusterSize;
     const l1Offset = size > 0 ? await o.refcounts.allocClusters(Math.ceil((size * L1_ENTRY_SIZE) / cs)) : 0;
     const active = (): WalkedL1 => ({ offset: l1.offset, bytes: l1.bytes });
@@ -219,7 +221,10 @@ export class InternalSnapshots {
     const next = new Uint8Array(size * L1_ENTRY_SIZE);
     const snBytes = new Uint8Array(sn.l1Size * L1_ENTRY_SIZE);
     if (snBytes.length > 0) await readFully(o.storage, snBytes, snOffset);
-    next.set(snBytes);
+    // COPIED cleared: every L2 table the copy references is shared until the old active tables
+    // lost their reference, so a cut before the final pass cannot leave a writable shared table
+    // (qemu copies the snapshot's flags as they are and fixes them only in that pass).
+    next.set(withoutCopied(snBytes.slice()));
     await updateSnapshotRefcount(this.#ctx, { offset: snOffset, bytes: snBytes.slice() }, 1);
     try {
       if (next.length > 0) {
@@ -296,6 +301,12 @@ export class InternalSnapshots {
     o.state.virtualSize = size;
     await o.onResize?.(size);
   }
+}
+
+/** L1 entries with their COPIED flags cleared (in place). */
+function withoutCopied(bytes: Uint8Array): Uint8Array {
+  for (let at = 0; at < bytes.length; at += 8) bytes[at] = bytes[at]! & 0x7f;
+  return bytes;
 }
 
 function quote(name: unknown): string {

@@ -1,0 +1,309 @@
+import { copyFileSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createNodeStorage } from '@qcow2/storage-node';
+import { decodeHeader, decodeSnapshotTable } from '@qcow2/format';
+import { describeWithQemu, makeTempDir, qemuCheck, qemuImg, qemuInfo, qemuIo } from '@qcow2/test-utils';
+import { afterAll, expect, it } from 'vitest';
+import { openImage, type Image } from '../src/index.js';
+import { firstDifference, qemuRaw, readAll } from './helpers.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+async function openRw(path: string): Promise<Image> {
+  const storage = await createNodeStorage(path, { readOnly: false });
+  const image = await openImage(storage, { readOnly: false, name: path });
+  const close = image.close.bind(image);
+  Object.defineProperty(image, 'close', {
+    value: async () => {
+      try {
+        await close();
+      } finally {
+        await storage.close();
+      }
+    },
+  });
+  return image;
+}
+
+/** qemu-img check finds nothing wrong (no corruption, no leak). */
+function expectClean(path: string): void {
+  const { exitCode, json } = qemuCheck(path);
+  expect(json['corruptions'] ?? 0, JSON.stringify(json)).toBe(0);
+  expect(json['leaks'] ?? 0, JSON.stringify(json)).toBe(0);
+  expect(exitCode, JSON.stringify(json)).toBe(0);
+}
+
+/** The snapshots as qemu-img info reports them, in our SnapshotInfo terms. */
+function qemuSnapshots(path: string): { id: string; name: string; vmStateSize: number; dateSec: number; dateNsec: number; vmClockNsec: number; icount?: number }[] {
+  const info = qemuInfo(path);
+  const list = (info['snapshots'] ?? []) as Record<string, number | string>[];
+  return list.map((s) => ({
+    id: String(s['id']),
+    name: String(s['name']),
+    vmStateSize: Number(s['vm-state-size']),
+    dateSec: Number(s['date-sec']),
+    dateNsec: Number(s['date-nsec']),
+    vmClockNsec: Number(s['vm-clock-sec']) * 1e9 + Number(s['vm-clock-nsec']),
+    ...(s['icount'] === undefined ? {} : { icount: Number(s['icount']) }),
+  }));
+}
+
+/** The disk sizes stored in the file's snapshot table (qemu-img shows them nowhere). */
+function storedDiskSizes(path: string): (number | undefined)[] {
+  const bytes = new Uint8Array(readFileSync(path));
+  const header = decodeHeader(bytes);
+  const table = decodeSnapshotTable(bytes.subarray(header.snapshotsOffset), header.nbSnapshots);
+  return table.map((e) => e.diskSize);
+}
+
+/** Equal bytes (a mismatch names its first offset: a diff of megabytes would take ages to print). */
+function expectBytes(actual: Uint8Array, expected: Uint8Array | undefined): void {
+  expect(actual.length).toBe(expected!.length);
+  expect(firstDifference(actual, expected!)).toBe(-1);
+}
+
+function pattern(seed: number, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let x = seed * 2654435761 || 1;
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+const { dir, cleanup } = makeTempDir('qcow2-snapshot-qemu-');
+afterAll(cleanup);
+
+interface Layout {
+  name: string;
+  options: string;
+  size: number;
+}
+
+const layouts: Layout[] = [
+  { name: 'compat 1.1, 64 KiB clusters', options: 'compat=1.1', size: 4 * MiB },
+  { name: 'compat 0.10', options: 'compat=0.10', size: 4 * MiB },
+  { name: '4 KiB clusters, 4-bit refcounts', options: 'cluster_size=4096,refcount_bits=4', size: MiB },
+  { name: 'extended L2, 32 KiB clusters, 64-bit refcounts', options: 'extended_l2=on,cluster_size=32768,refcount_bits=64', size: 4 * MiB },
+  { name: 'lazy refcounts, 512-byte clusters', options: 'lazy_refcounts=on,cluster_size=512', size: 256 * KiB },
+];
+
+describeWithQemu('snapshots we create, apply and delete, as qemu-img sees them', () => {
+  for (const layout of layouts) {
+    it(layout.name, async () => {
+      const path = join(dir, `ours-${layout.options.replace(/[^a-z0-9]/gi, '_')}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', '-o', layout.options, path, String(layout.size)]);
+      const cs = Number(qemuInfo(path)['cluster-size']);
+      const image = await openRw(path);
+      const states: Uint8Array[] = [];
+      // Data, then a snapshot; overwrite part, compressed cluster, zeroes; second snapshot; more.
+      await image.write(pattern(1, layout.size / 2), 0);
+      states.push(await readAll(image));
+      const first = await image.createSnapshot('first', { dateSec: 1_700_000_000, dateNsec: 123_000, vmClockNsec: 5_000_000_123 });
+      expect(first).toMatchObject({ id: '1', name: 'first', vmStateSize: 0, diskSize: layout.size, icount: 0 });
+      await image.write(pattern(2, 3 * cs), cs);
+      await image.writeCompressed(pattern(3, cs).fill(7, 0, cs / 2), layout.size - cs);
+      await image.writeZeroes(layout.size / 4, 2 * cs);
+      states.push(await readAll(image));
+      const second = await image.createSnapshot('second');
+      expect(second.id).toBe('2');
+      await image.write(pattern(4, cs), 0);
+      await image.close();
+
+      expectClean(path);
+      const ours = (await openRw(path));
+      expect(qemuSnapshots(path)).toEqual(ours.snapshots.map(({ diskSize: _, ...rest }) => rest));
+      await ours.close();
+      expect(qemuSnapshots(path)[0]).toMatchObject({ dateSec: 1_700_000_000, dateNsec: 123_000, vmClockNsec: 5_000_000_123, icount: 0 });
+      expect(storedDiskSizes(path)).toEqual([layout.size, layout.size]);
+      expect(qemuImg(['snapshot', '-l', path])).toMatch(/1\s+first\s+0 B .* 00:00:05\.000\s+0\n2\s+second\s+0 B/);
+      expectBytes(qemuRaw(dir, path, ['-l', 'first']), states[0]);
+      expectBytes(qemuRaw(dir, path, ['-l', '2']), states[1]);
+
+      // Apply the first: qemu reads its content as the active one; the snapshots stay.
+      const again = await openRw(path);
+      await again.applySnapshot('first');
+      expectBytes(await readAll(again), states[0]);
+      await again.write(pattern(5, cs), 2 * cs);
+      const afterWrite = await readAll(again);
+      await again.close();
+      expectClean(path);
+      expectBytes(qemuRaw(dir, path), afterWrite);
+      expectBytes(qemuRaw(dir, path, ['-l', 'first']), states[0]);
+
+      // Delete the first (by name, as qemu-img -d): the second is intact, the active one too.
+      const third = await openRw(path);
+      await third.deleteSnapshot('first');
+      expect(third.snapshots.map((s) => s.name)).toEqual(['second']);
+      await third.close();
+      expectClean(path);
+      expect(qemuSnapshots(path).map((s) => s.id)).toEqual(['2']);
+      expectBytes(qemuRaw(dir, path, ['-l', 'second']), states[1]);
+      expectBytes(qemuRaw(dir, path), afterWrite);
+
+      // A new snapshot takes id 3 (highest + 1), then apply 2 and delete everything.
+      const fourth = await openRw(path);
+      expect((await fourth.createSnapshot('third')).id).toBe('3');
+      await fourth.applySnapshot('2');
+      await fourth.deleteSnapshot('second');
+      await fourth.deleteSnapshot('third');
+      expect(fourth.snapshots).toEqual([]);
+      await fourth.close();
+      expectClean(path);
+      expect(qemuInfo(path)['snapshots']).toBeUndefined();
+      expectBytes(qemuRaw(dir, path), states[1]);
+    });
+  }
+});
+
+describeWithQemu('snapshots qemu-img made, listed, read, applied and deleted by us as qemu does', () => {
+  const cases: Layout[] = [
+    { name: 'compat 1.1, 64 KiB clusters', options: 'compat=1.1', size: 4 * MiB },
+    { name: 'compat 0.10, 4 KiB clusters', options: 'compat=0.10,cluster_size=4096', size: MiB },
+    { name: 'extended L2, 16 KiB clusters, 8-bit refcounts', options: 'extended_l2=on,cluster_size=16384,refcount_bits=8', size: 2 * MiB },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      const base = join(dir, `theirs-${c.options.replace(/[^a-z0-9]/gi, '_')}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', '-o', c.options, base, String(c.size)]);
+      const cs = Number(qemuInfo(base)['cluster-size']);
+      qemuIo(['-c', `write -P 0x11 0 ${c.size / 2}`, '-c', `write -c -P 0x22 ${c.size - cs} ${cs}`, base]);
+      qemuImg(['snapshot', '-c', 'alpha', base]);
+      qemuIo(['-c', `write -P 0x33 ${cs} ${2 * cs}`, '-c', `write -z ${4 * cs} ${cs}`, '-c', `discard ${6 * cs} ${cs}`, base]);
+      qemuImg(['snapshot', '-c', 'beta', base]);
+      qemuIo(['-c', `write -P 0x44 0 ${cs}`, base]);
+      qemuImg(['snapshot', '-c', 'gamma', base]);
+      qemuImg(['snapshot', '-d', 'beta', base]);
+      qemuIo(['-c', `write -P 0x55 ${3 * cs} ${cs}`, base]);
+
+      // Listed and read as qemu lists and reads them.
+      const image = await openRw(base);
+      expect(image.snapshots.map(({ diskSize: _, ...rest }) => rest)).toEqual(qemuSnapshots(base));
+      for (const id of ['1', 'gamma']) {
+        const view = await image.openSnapshot(id);
+        expectBytes(await readAll(view), qemuRaw(dir, base, ['-l', id]));
+        await view.close();
+      }
+      await image.close();
+
+      // Apply, then delete, on two copies: ours and qemu-img's end up alike.
+      const mine = join(dir, `mine-${c.options.replace(/[^a-z0-9]/gi, '_')}.qcow2`);
+      const theirs = join(dir, `qemu-${c.options.replace(/[^a-z0-9]/gi, '_')}.qcow2`);
+      copyFileSync(base, mine);
+      copyFileSync(base, theirs);
+      const ours = await openRw(mine);
+      await ours.applySnapshot('alpha');
+      await ours.close();
+      qemuImg(['snapshot', '-a', 'alpha', theirs]);
+      expectClean(mine);
+      qemuImg(['compare', '-q', mine, theirs]);
+      expect(qemuImg(['snapshot', '-l', mine])).toBe(qemuImg(['snapshot', '-l', theirs]));
+
+      const ours2 = await openRw(mine);
+      await ours2.deleteSnapshot('alpha');
+      await ours2.write(pattern(9, cs), 5 * cs);
+      await ours2.close();
+      qemuImg(['snapshot', '-d', 'alpha', theirs]);
+      qemuIo(['-c', `write -P 0 ${5 * cs} ${cs}`, theirs]);
+      expectClean(mine);
+      expectClean(theirs);
+      expect(qemuImg(['snapshot', '-l', mine])).toBe(qemuImg(['snapshot', '-l', theirs]));
+      expectBytes(qemuRaw(dir, mine, ['-l', 'gamma']), qemuRaw(dir, theirs, ['-l', 'gamma']));
+      const a = qemuRaw(dir, mine);
+      const b = qemuRaw(dir, theirs);
+      expectBytes(a.subarray(5 * cs, 6 * cs), pattern(9, cs));
+      b.set(pattern(9, cs), 5 * cs);
+      expectBytes(a, b);
+    });
+  }
+
+  it('a snapshot of another disk size: applying it resizes, as qemu-img snapshot -a does', async () => {
+    const base = join(dir, 'resize.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', base, String(MiB)]);
+    qemuIo(['-c', `write -P 0x61 0 ${MiB}`, base]);
+    qemuImg(['snapshot', '-c', 'small', base]);
+    qemuImg(['resize', '-q', base, String(3 * MiB)]);
+    qemuIo(['-c', `write -P 0x62 ${2 * MiB} ${MiB}`, base]);
+    qemuImg(['snapshot', '-c', 'large', base]);
+    const mine = join(dir, 'resize-mine.qcow2');
+    const theirs = join(dir, 'resize-theirs.qcow2');
+    copyFileSync(base, mine);
+    copyFileSync(base, theirs);
+
+    const image = await openRw(mine);
+    expect(image.snapshots.map((s) => s.diskSize)).toEqual([MiB, 3 * MiB]);
+    const view = await image.openSnapshot('small');
+    expect(view.virtualSize).toBe(MiB);
+    await view.close();
+    await image.applySnapshot('small');
+    expect(image.virtualSize).toBe(MiB);
+    await expect(image.write(new Uint8Array(512), MiB)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await image.close();
+    qemuImg(['snapshot', '-a', 'small', theirs]);
+    expectClean(mine);
+    expect(qemuInfo(mine)['virtual-size']).toBe(MiB);
+    qemuImg(['compare', '-q', mine, theirs]);
+
+    const back = await openRw(mine);
+    await back.applySnapshot('large');
+    expect(back.virtualSize).toBe(3 * MiB);
+    const content = await readAll(back);
+    await back.write(new Uint8Array(4096).fill(0x63), 3 * MiB - 4096);
+    await back.close();
+    qemuImg(['snapshot', '-a', 'large', theirs]);
+    expectClean(mine);
+    expect(qemuInfo(mine)['virtual-size']).toBe(3 * MiB);
+    expectBytes(content, qemuRaw(dir, theirs));
+  });
+
+  it('refcount_bits=1: a snapshot of an image with data is refused without changing the file', async () => {
+    const path = join(dir, 'refcount1.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=1,cluster_size=4096', path, String(MiB)]);
+    qemuIo(['-c', 'write -P 1 0 64k', path]);
+    const before = new Uint8Array(readFileSync(path));
+    const image = await openRw(path);
+    await expect(image.createSnapshot('s')).rejects.toMatchObject({ name: 'Qcow2Error', code: 'INVALID_ARGUMENT' });
+    expect(image.snapshots).toEqual([]);
+    await image.write(new Uint8Array(512).fill(3), 0);
+    await image.close();
+    expectClean(path);
+    expect(before.length).toBeGreaterThan(0);
+    expectBytes(qemuRaw(dir, path).subarray(512, 4096), new Uint8Array(3584).fill(1));
+    // Without any L2 table, qemu-img and we can snapshot a refcount_bits=1 image.
+    const empty = join(dir, 'refcount1-empty.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=1', empty, String(MiB)]);
+    const e = await openRw(empty);
+    await e.createSnapshot('nothing');
+    await e.close();
+    expectClean(empty);
+    expect(qemuSnapshots(empty).map((s) => s.name)).toEqual(['nothing']);
+  });
+
+  it('refcount_bits=2: the snapshot that would take a refcount to 4 is refused, everything undone', async () => {
+    const path = join(dir, 'refcount2.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=2,cluster_size=4096', path, String(MiB)]);
+    qemuIo(['-c', 'write -P 1 0 64k', path]);
+    const image = await openRw(path);
+    await image.createSnapshot('one');
+    await image.write(new Uint8Array(4096).fill(2), 8192);
+    await image.createSnapshot('two');
+    const content = await readAll(image);
+    const error = await image.createSnapshot('three').catch((e: unknown) => e);
+    expect(error).toMatchObject({ name: 'Qcow2Error', code: 'INVALID_ARGUMENT' });
+    expect((error as Error).message).toMatch(/refcount overflow/);
+    expect(image.snapshots.map((s) => s.name)).toEqual(['one', 'two']);
+    expectBytes(await readAll(image), content);
+    await image.write(new Uint8Array(4096).fill(3), 0);
+    await image.close();
+    expectClean(path);
+    expectBytes(qemuRaw(dir, path, ['-l', 'two']), content);
+    // qemu refuses it too (and leaks the new L1 table's cluster doing so).
+    const r = qemuImg(['snapshot', '-c', 'three', path], { allowExit: [1] });
+    expect(r).toBe('');
+    expect(qemuSnapshots(path).map((s) => s.name)).toEqual(['one', 'two']);
+  });
+});
