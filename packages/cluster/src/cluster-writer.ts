@@ -652,6 +652,12 @@ export class ClusterWriter {
     }
     if (fresh) {
       // Copy-on-write of zeros into clusters that read as zeros: only what is not zero is written.
+      // Nothing to copy when the guest reads zeros over the whole range (block status, no reads:
+      // 100 000 allocating 4 KiB writes spent ~60% of their time zero-filling and scanning heads and tails).
+      if (await this.#guestZero(clusterStart + cow.from, cow.to - cow.from)) {
+        await this.#writeData(body, host + inCluster);
+        return;
+      }
       const head = new Uint8Array(headLength);
       const tail = new Uint8Array(tailLength);
       if (headLength > 0) await this.#readGuest(head, clusterStart + cow.from);
@@ -682,6 +688,12 @@ export class ClusterWriter {
       await this.#readGuest(tail, offset + bytes);
       await this.#writeData(tail, host + inCluster + bytes);
     }
+  }
+
+  /** The guest reads zeros over [offset, offset + length) (past the end of the image it does). */
+  async #guestZero(offset: number, length: number): Promise<boolean> {
+    const inside = Math.max(0, Math.min(length, this.virtualSize - offset));
+    return inside === 0 || (await this.#o.guest.isZero(offset, inside));
   }
 
   /** The guest view; past the end of the image (the rest of a partial last cluster): zeros. */
