@@ -13,7 +13,8 @@
 // settle (with the `discard` mount option, freeing a gigabyte file sends discards that would
 // otherwise slow down whichever run comes next). Reports each pair and the median of
 // (our time / qemu's time); the target is <= 1.0 for each. --dir puts the files elsewhere
-// (e.g. /dev/shm to leave the disk out).
+// (e.g. /dev/shm to leave the disk out). With /usr/bin/time present, each run's user+sys CPU time
+// is printed too (less noisy than wall time on a shared machine), with the median CPU ratio.
 //
 // 1. seq: allocating sequential 64 KiB writes over a fresh 1 GiB image
 //    (bench -w -c 16384 -s 64k; images from qemu-img create).
@@ -24,7 +25,7 @@
 // 4. convert-c: the same with -c.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -67,22 +68,36 @@ const median = (xs) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 
-/** Wall time in seconds of one command, after `prepare` (not timed) and a sync. */
+const TIME = '/usr/bin/time';
+const hasTime = existsSync(TIME);
+const cpuFile = join(dir, 'cpu.txt');
+
+/**
+ * Wall time in seconds of one command, after `prepare` (not timed) and a sync, and its user+sys
+ * CPU seconds (NaN without /usr/bin/time).
+ */
 function timed(cmd, cmdArgs, prepare) {
   prepare();
   execFileSync('sync');
   execFileSync('sleep', ['1']);
+  const [file, argv] = hasTime ? [TIME, ['-f', '%U %S', '-o', cpuFile, cmd, ...cmdArgs]] : [cmd, cmdArgs];
   const t = performance.now();
-  const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync(file, argv, { encoding: 'utf8', maxBuffer: 64 << 20 });
   const seconds = (performance.now() - t) / 1000;
   if (r.status !== 0) throw new Error(`${cmd} ${cmdArgs.join(' ')} failed: ${r.stderr || r.stdout}`);
-  return seconds;
+  let cpu = NaN;
+  if (hasTime) {
+    const [user, sys] = readFileSync(cpuFile, 'utf8').trim().split('\n').pop().split(' ').map(Number);
+    cpu = user + sys;
+  }
+  return { seconds, cpu };
 }
 
 /** Runs `pairs` alternating pairs of (qemu-img, qcow2) with the same arguments; prints and returns the median ratio. */
 function compare(title, makeArgs, prepare) {
   console.log(`# ${title}`);
   const ratios = [];
+  const cpuRatios = [];
   for (let p = 0; p < pairs; p++) {
     const run = (cmd) =>
       cmd === qcow2Bin && cmd.endsWith('.mjs')
@@ -96,11 +111,17 @@ function compare(title, makeArgs, prepare) {
       ours = run(qcow2Bin);
       qemu = run('qemu-img');
     }
-    ratios.push(ours / qemu);
-    console.log(`pair ${p + 1}: qemu-img ${qemu.toFixed(3)} s, qcow2 ${ours.toFixed(3)} s, ours/qemu ${(ours / qemu).toFixed(2)}`);
+    ratios.push(ours.seconds / qemu.seconds);
+    cpuRatios.push(ours.cpu / qemu.cpu);
+    const cpu = hasTime ? ` (cpu: qemu-img ${qemu.cpu.toFixed(2)} s, qcow2 ${ours.cpu.toFixed(2)} s, ${(ours.cpu / qemu.cpu).toFixed(2)})` : '';
+    console.log(
+      `pair ${p + 1}: qemu-img ${qemu.seconds.toFixed(3)} s, qcow2 ${ours.seconds.toFixed(3)} s, ours/qemu ${(ours.seconds / qemu.seconds).toFixed(2)}${cpu}`,
+    );
   }
   const m = median(ratios);
-  console.log(`median ours/qemu wall-time ratio: ${m.toFixed(2)} (target <= 1.0)\n`);
+  console.log(`median ours/qemu wall-time ratio: ${m.toFixed(2)} (target <= 1.0)`);
+  if (hasTime) console.log(`median ours/qemu user+sys CPU ratio: ${median(cpuRatios).toFixed(2)}`);
+  console.log('');
   return m;
 }
 

@@ -350,6 +350,12 @@ type WritableImage = ImageLike & Required<Pick<ImageLike, 'write' | 'writeZeroes
 const IN_FLIGHT = 1;
 
 /**
+ * Chunks read ahead of the one being written (qemu-img convert's coroutines read the next chunks
+ * while one writes, in order): the source's reads, the zero scan and the target's writes overlap.
+ */
+const READ_AHEAD = 4;
+
+/**
  * qemu-img convert -O qcow2: the target created with the -o options and the sources' total size,
  * then opened writable. Unallocated and zero runs of the sources are left alone (a new qcow2 image
  * reads as zeros: qemu's has_zero_init), and so are runs of at least -S zero bytes inside data;
@@ -460,8 +466,9 @@ async function copyInto(
     progress.set(work === 0 ? 100 : (done / work) * 100);
   };
   const pool = new RequestPool(IN_FLIGHT);
-  // Buffers are reused (fresh ones cost page faults): one more than the writes in flight.
-  const ring = new BufferRing(IN_FLIGHT + 1, compress ? cluster : CHUNK);
+  // Buffers are reused (fresh ones cost page faults): one for each write in flight and each
+  // chunk read ahead, and one more.
+  const ring = new BufferRing(compress ? IN_FLIGHT + 1 : IN_FLIGHT + READ_AHEAD + 1, compress ? cluster : CHUNK);
   const run = (fn: () => Promise<void>): Promise<void> =>
     pool.run(async () => {
       try {
@@ -498,26 +505,74 @@ async function copyInto(
       advance(pieces.reduce((sum, p) => sum + (p.data || !zeroInit || minSparse === 0 ? p.length : 0), 0));
     }
   } else {
-    for (const { image: source, base: at, extents } of plans) {
-      for (const e of extents) {
-        const isData = e.kind === 'data';
-        if (!isData && zeroInit && minSparse !== 0) continue;
-        for (let pos = e.offset; pos < e.offset + e.length; pos += CHUNK) {
-          const n = Math.min(CHUNK, e.offset + e.length - pos);
-          const offset = at + pos;
-          if (!isData) {
-            await run(() => image.writeZeroes(offset, n, { mayUnmap: true }));
-          } else {
-            const chunk = ring.next().subarray(0, n);
-            await read(source, chunk, pos, at);
-            await run(() => writeSparse(image, chunk, offset, zeroInit ? minSparse : 0, zeroInit));
-          }
-          advance(n);
+    // A pipeline in guest order: up to READ_AHEAD chunks being read while the oldest is written.
+    // Each chunk's buffer is taken in turn from a ring larger than the chunks that can hold one.
+    const chunks = dataChunks(plans, zeroInit && minSparse !== 0);
+    const ahead: ChunkInFlight[] = [];
+    const fill = (): void => {
+      while (ahead.length < READ_AHEAD) {
+        const next = chunks.next();
+        if (next.done === true) return;
+        const c = next.value;
+        if (!c.data) {
+          ahead.push({ chunk: c, buffer: undefined, ready: undefined });
+          continue;
         }
+        const buffer = ring.next().subarray(0, c.length);
+        const ready = read(c.source, buffer, c.pos, c.base);
+        ready.catch(() => undefined); // awaited in turn below; not an unhandled rejection meanwhile
+        ahead.push({ chunk: c, buffer, ready });
       }
+    };
+    fill();
+    for (let item = ahead.shift(); item !== undefined; item = ahead.shift()) {
+      const { chunk: c, buffer, ready } = item;
+      const offset = c.base + c.pos;
+      if (buffer === undefined) {
+        await run(() => image.writeZeroes(offset, c.length, { mayUnmap: true }));
+      } else {
+        await ready;
+        await run(() => writeSparse(image, buffer, offset, zeroInit ? minSparse : 0, zeroInit));
+      }
+      advance(c.length);
+      fill();
     }
   }
   await pool.drain();
+}
+
+interface Chunk {
+  source: ImageLike;
+  /** Where the source starts in the target. */
+  base: number;
+  /** Offset in the source. */
+  pos: number;
+  length: number;
+  /** False: zeros to write (only yielded when zero runs are written). */
+  data: boolean;
+}
+
+interface ChunkInFlight {
+  chunk: Chunk;
+  /** The chunk's bytes once `ready` resolves; undefined for zeros. */
+  buffer: Uint8Array | undefined;
+  ready: Promise<void> | undefined;
+}
+
+/** The chunks to copy in guest order, at most CHUNK bytes each; zero extents skipped when `skipZeros`. */
+function* dataChunks(
+  plans: readonly { image: ImageLike; base: number; extents: Awaited<ReturnType<ImageLike['extents']>> }[],
+  skipZeros: boolean,
+): Generator<Chunk> {
+  for (const { image: source, base, extents } of plans) {
+    for (const e of extents) {
+      const data = e.kind === 'data';
+      if (!data && skipZeros) continue;
+      for (let pos = e.offset; pos < e.offset + e.length; pos += CHUNK) {
+        yield { source, base, pos, length: Math.min(CHUNK, e.offset + e.length - pos), data };
+      }
+    }
+  }
 }
 
 interface Piece {
