@@ -1,39 +1,91 @@
 #!/usr/bin/env node
 // Read benchmark of issue 3, side by side with qemu-img in the same run.
 //
-//   node bench/read.mjs [--size-mib 1024] [--pairs 7] [--depth 64]
+//   node bench/read.mjs [--size-mib 1024] [--pairs 7] [--depth 64] [--bundle] [--only bench,engine]
 //
 // 1. qcow2 bench vs qemu-img bench: sequential 64 KiB reads over a fully allocated image (every
-//    cluster holds random data), alternating which tool runs first in each pair. Reports each
-//    pair and the median of (qemu time / our time) = our throughput / qemu's.
-// 2. Engine vs raw storage: reading the whole guest disk in 64 KiB requests through the engine vs
-//    reading the same number of bytes from the file through @qcow2/storage-node directly.
+//    cluster holds random data), alternating which tool runs first in each pair. Each tool reports
+//    "Run completed in X seconds" (first request to last completion, buffers allocated before);
+//    prints each pair, its user+sys CPU time of the whole process (from the shell's `times`: on a
+//    shared machine less noisy than wall time; qemu's includes its thread pool, ours Node's start
+//    and libuv's pool) and the median of (qemu time / our time) = our throughput / qemu's.
+// 2. Engine vs raw storage, in process, depth 1: the whole guest disk in 64 KiB reads through the
+//    engine vs the same host bytes (the data clusters' runs, from the engine's extents) read in
+//    64 KiB pieces from @qcow2/storage-node directly; which goes first alternates per pair. Prints
+//    wall and CPU overheads and their medians.
+//
+// `qcow2` is the built binary (node_modules/.bin/qcow2, and the engine from the packages' dist:
+// run `pnpm build` first); with --bundle the CLI and the engine are bundled from the workspace
+// sources with esbuild first (no dependence on dist folders another build may be rewriting).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
   const i = args.indexOf(`--${name}`);
-  return i >= 0 ? Number(args[i + 1]) : dflt;
+  return i >= 0 ? args[i + 1] : dflt;
 };
-const sizeMiB = opt('size-mib', 1024);
-const pairs = opt('pairs', 7);
-const depth = opt('depth', 64);
+const sizeMiB = Number(opt('size-mib', 1024));
+const pairs = Number(opt('pairs', 7));
+const depth = Number(opt('depth', 64));
+const only = new Set(String(opt('only', 'bench,engine')).split(','));
 const reqSize = 65536;
 const count = (sizeMiB * 1024 * 1024) / reqSize;
 
-const qcow2Bin = join(root, 'node_modules/.bin/qcow2');
 const dir = mkdtempSync(join(tmpdir(), 'qcow2-bench-'));
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
+
+let qcow2Bin = join(root, 'node_modules/.bin/qcow2');
+let engineModule = undefined;
+if (args.includes('--bundle')) {
+  // esbuild comes with tsup (a root devDependency).
+  const esbuild = createRequire(createRequire(join(root, 'package.json')).resolve('tsup'))('esbuild');
+  const common = {
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    conditions: ['@qcow2/source'],
+    // What Node gets from the published packages: @qcow2/compress's Node entry (node:zlib).
+    alias: { '@qcow2/compress': join(root, 'packages/compress/src/node.ts') },
+    logLevel: 'error',
+  };
+  qcow2Bin = join(dir, 'qcow2.mjs');
+  await esbuild.build({ ...common, entryPoints: [join(root, 'packages/cli/src/cli.ts')], outfile: qcow2Bin });
+  engineModule = join(dir, 'engine.mjs');
+  await esbuild.build({
+    ...common,
+    stdin: {
+      contents: "export { openImage } from '@qcow2/engine'; export { createNodeStorage } from '@qcow2/storage-node';",
+      resolveDir: root,
+      loader: 'js',
+    },
+    outfile: engineModule,
+  });
+}
+
+/** Runs `cmd args` through sh, returning its stdout and the user+sys CPU seconds of the process. */
+function runTimed(cmd, cmdArgs) {
+  // `times` prints the shell's own times, then its children's: "0m0.240s 0m0.180s".
+  const r = spawnSync('sh', ['-c', '"$0" "$@"; status=$?; times >&2; exit $status', cmd, ...cmdArgs], {
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+  });
+  const lines = r.stderr.trim().split('\n');
+  const m = /^(\d+)m([0-9.]+)s (\d+)m([0-9.]+)s$/.exec(lines[lines.length - 1] ?? '');
+  const cpu = m ? Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4]) : NaN;
+  return { status: r.status, stdout: r.stdout, stderr: lines.slice(0, -1).join('\n'), cpu };
+}
 
 try {
   const raw = join(dir, 'src.raw');
@@ -49,51 +101,100 @@ try {
   rmSync(raw);
   execFileSync('cat', [image], { stdio: ['ignore', 'ignore', 'inherit'], maxBuffer: 0 }); // warm the page cache
 
-  const benchArgs = ['bench', '-c', String(count), '-d', String(depth), '-s', '64k', '-f', 'qcow2', image];
-  const time = (cmd) => {
-    const r = spawnSync(cmd, benchArgs, { encoding: 'utf8' });
-    const m = /Run completed in ([0-9.]+) seconds/.exec(r.stdout);
-    if (r.status !== 0 || !m) throw new Error(`${cmd} bench failed: ${r.stderr || r.stdout}`);
-    return Number(m[1]);
-  };
-  console.log(`# qcow2 bench vs qemu-img bench: ${count} x 64 KiB sequential reads, depth ${depth}, ${sizeMiB} MiB image`);
-  const ratios = [];
-  for (let p = 0; p < pairs; p++) {
-    let ours, qemu;
-    if (p % 2 === 0) {
-      qemu = time('qemu-img');
-      ours = time(qcow2Bin);
-    } else {
-      ours = time(qcow2Bin);
-      qemu = time('qemu-img');
+  if (only.has('bench')) {
+    const benchArgs = ['bench', '-c', String(count), '-d', String(depth), '-s', '64k', '-f', 'qcow2', image];
+    const time = (cmd) => {
+      const r = cmd.endsWith('.mjs') ? runTimed(process.execPath, [cmd, ...benchArgs]) : runTimed(cmd, benchArgs);
+      const m = /Run completed in ([0-9.]+) seconds/.exec(r.stdout);
+      if (r.status !== 0 || !m) throw new Error(`${cmd} bench failed: ${r.stderr || r.stdout}`);
+      return { seconds: Number(m[1]), cpu: r.cpu };
+    };
+    console.log(`# qcow2 bench vs qemu-img bench: ${count} x 64 KiB sequential reads, depth ${depth}, ${sizeMiB} MiB image`);
+    const ratios = [];
+    const cpuRatios = [];
+    for (let p = 0; p < pairs; p++) {
+      let ours, qemu;
+      if (p % 2 === 0) {
+        qemu = time('qemu-img');
+        ours = time(qcow2Bin);
+      } else {
+        ours = time(qcow2Bin);
+        qemu = time('qemu-img');
+      }
+      ratios.push(qemu.seconds / ours.seconds);
+      cpuRatios.push(ours.cpu / qemu.cpu);
+      console.log(
+        `pair ${p + 1}: qemu-img ${qemu.seconds.toFixed(3)} s (cpu ${qemu.cpu.toFixed(2)} s), ` +
+          `qcow2 ${ours.seconds.toFixed(3)} s (cpu ${ours.cpu.toFixed(2)} s), throughput ratio ${(qemu.seconds / ours.seconds).toFixed(2)}x`,
+      );
     }
-    ratios.push(qemu / ours);
-    console.log(`pair ${p + 1}: qemu-img ${qemu.toFixed(3)} s, qcow2 ${ours.toFixed(3)} s, throughput ratio ${(qemu / ours).toFixed(2)}x`);
+    console.log(`median throughput ratio (ours / qemu-img): ${median(ratios).toFixed(2)}x (target >= 1.5x)`);
+    console.log(`median process CPU time ratio (ours / qemu-img, Node's start included): ${median(cpuRatios).toFixed(2)}`);
   }
-  console.log(`median throughput ratio (ours / qemu-img): ${median(ratios).toFixed(2)}x (target >= 1.5x)`);
 
-  // Engine vs the raw storage adapter, in process.
-  const { openImage } = await import('@qcow2/engine');
-  const { createNodeStorage } = await import('@qcow2/storage-node');
-  const engineVsRaw = [];
-  for (let p = 0; p < pairs; p++) {
+  if (only.has('engine')) {
+    // Engine vs the raw storage adapter, in process.
+    const { openImage, createNodeStorage } =
+      engineModule === undefined
+        ? { ...(await import('@qcow2/engine')), ...(await import('@qcow2/storage-node')) }
+        : await import(pathToFileURL(engineModule).href);
     const buf = new Uint8Array(reqSize);
-    const s1 = await createNodeStorage(image, { readOnly: true });
-    const img = await openImage(s1, { readOnly: true });
-    let t = performance.now();
-    for (let off = 0; off < img.virtualSize; off += reqSize) await img.read(buf, off);
-    const engineMs = performance.now() - t;
-    await img.close();
-    await s1.close(); // the engine closes only what it opened itself
-    const s2 = await createNodeStorage(image, { readOnly: true });
-    t = performance.now();
-    for (let off = 0; off < sizeMiB * 1024 * 1024; off += reqSize) await s2.read(buf, off);
-    const rawMs = performance.now() - t;
-    await s2.close();
-    engineVsRaw.push(engineMs / rawMs);
-    console.log(`pair ${p + 1}: engine ${engineMs.toFixed(1)} ms, raw storage ${rawMs.toFixed(1)} ms, overhead ${((engineMs / rawMs - 1) * 100).toFixed(1)}%`);
+    // The host bytes the engine reads: its data runs, in 64 KiB pieces as the guest reads split them.
+    const pieces = [];
+    {
+      const s = await createNodeStorage(image, { readOnly: true });
+      const img = await openImage(s, { readOnly: true });
+      for (const e of await img.extents(0, img.virtualSize)) {
+        if (e.kind !== 'data' || e.hostOffset === undefined) throw new Error(`unexpected extent ${JSON.stringify(e)}`);
+        for (let at = 0; at < e.length; at += reqSize) pieces.push(e.hostOffset + at);
+      }
+      await img.close();
+      await s.close(); // the engine closes only what it opened itself
+    }
+    const engine = async () => {
+      const s = await createNodeStorage(image, { readOnly: true });
+      const img = await openImage(s, { readOnly: true });
+      const t = performance.now();
+      const c = process.cpuUsage();
+      for (let off = 0; off < img.virtualSize; off += reqSize) await img.read(buf, off);
+      const cpu = process.cpuUsage(c);
+      const ms = performance.now() - t;
+      await img.close();
+      await s.close();
+      return { ms, cpu: (cpu.user + cpu.system) / 1000 };
+    };
+    const rawStorage = async () => {
+      const s = await createNodeStorage(image, { readOnly: true });
+      const t = performance.now();
+      const c = process.cpuUsage();
+      for (const at of pieces) await s.read(buf, at);
+      const cpu = process.cpuUsage(c);
+      const ms = performance.now() - t;
+      await s.close();
+      return { ms, cpu: (cpu.user + cpu.system) / 1000 };
+    };
+    console.log(`# engine vs raw storage in process: ${pieces.length} x 64 KiB reads at depth 1`);
+    const wallRatios = [];
+    const cpuRatios = [];
+    for (let p = 0; p < pairs; p++) {
+      let e, r;
+      if (p % 2 === 0) {
+        e = await engine();
+        r = await rawStorage();
+      } else {
+        r = await rawStorage();
+        e = await engine();
+      }
+      wallRatios.push(e.ms / r.ms);
+      cpuRatios.push(e.cpu / r.cpu);
+      console.log(
+        `pair ${p + 1}: engine ${e.ms.toFixed(1)} ms (cpu ${e.cpu.toFixed(1)} ms), raw storage ${r.ms.toFixed(1)} ms ` +
+          `(cpu ${r.cpu.toFixed(1)} ms), overhead ${((e.ms / r.ms - 1) * 100).toFixed(1)}% (cpu ${((e.cpu / r.cpu - 1) * 100).toFixed(1)}%)`,
+      );
+    }
+    console.log(`median engine overhead vs raw storage: ${((median(wallRatios) - 1) * 100).toFixed(1)}% (target <= 15%)`);
+    console.log(`median engine CPU time overhead vs raw storage: ${((median(cpuRatios) - 1) * 100).toFixed(1)}%`);
   }
-  console.log(`median engine overhead vs raw storage: ${((median(engineVsRaw) - 1) * 100).toFixed(1)}% (target <= 15%)`);
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }

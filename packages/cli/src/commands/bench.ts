@@ -143,12 +143,14 @@ export async function benchCommand(ctx: Context, argv: readonly string[]): Promi
         `(starting at offset ${offset}, step size ${stepSize})\n`,
     );
     if (flushInterval !== 0) ctx.out(`Sending flush every ${flushInterval} requests\n`);
-    const start = ctx.now();
     const plan = { count, depth, bufferSize, step: stepSize, offset, imageSize };
+    // As qemu-img: the read buffers exist before the clock starts.
+    const buffers = write ? [] : readBuffers(plan);
+    const start = ctx.now();
     if (write) {
       await runWriteBench(image as BenchTarget, plan, { pattern, flushInterval, drain, writethrough: cache === 'writethrough' });
     } else {
-      await runBench(image, plan);
+      await runBench(image, plan, buffers);
     }
     const seconds = ctx.now() - start;
     ctx.out(`Run completed in ${formatFixed(seconds, 3).padStart(3)} seconds.\n`);
@@ -167,12 +169,17 @@ interface BenchPlan {
   imageSize: number;
 }
 
-/** bench_cb's loop: keep `depth` reads in flight until `count` have completed. */
+/** One buffer per request in flight. */
+function readBuffers(plan: BenchPlan): Uint8Array[] {
+  return Array.from({ length: Math.min(plan.depth, Math.max(plan.count, 1)) }, () => new Uint8Array(plan.bufferSize));
+}
+
+/** bench_cb's loop: keep `depth` reads in flight (one per buffer) until `count` have completed. */
 async function runBench(
   image: { read(dst: Uint8Array, offset: number): Promise<void> },
   plan: BenchPlan,
+  buffers: Uint8Array[],
 ): Promise<void> {
-  const buffers = Array.from({ length: Math.min(plan.depth, Math.max(plan.count, 1)) }, () => new Uint8Array(plan.bufferSize));
   let next = plan.offset;
   let issued = 0;
   const worker = async (buffer: Uint8Array): Promise<void> => {
