@@ -88,6 +88,16 @@ export function resolveOverlapChecks(mode: unknown, switches: unknown): number {
   return mask;
 }
 
+/** `[at, at + bytes)` (not empty) meets `[start, stop)`. */
+function overlaps(at: number, bytes: number, start: number, stop: number): boolean {
+  return bytes > 0 && at < stop && start < at + bytes;
+}
+
+/** Cluster indexes, sorted, for binary searches. */
+function sortedIndex(clusters: number[]): Float64Array {
+  return Float64Array.from(clusters).sort();
+}
+
 /** A snapshot's L1 table, as the snapshot table records it. */
 export interface SnapshotL1 {
   readonly offset: number;
@@ -113,9 +123,9 @@ export interface OverlapCheckerOptions {
 /**
  * qemu's qcow2_check_metadata_overlap: which metadata structure a write would overwrite. The
  * ranges are cluster-rounded as qemu rounds them (but the header only counts when the write
- * starts inside its cluster). Active L2 tables and refcount blocks are held as sets of cluster
- * indexes, rebuilt only when the L1 table or the refcount table changed, so a check costs a few
- * comparisons and one set lookup per cluster written.
+ * starts inside its cluster). Active L2 tables and refcount blocks are held as sorted arrays of
+ * cluster indexes, rebuilt only when the L1 table or the refcount table changed, so a check costs
+ * a few comparisons and a binary search per kind, whatever the length of the write.
  */
 export class OverlapChecker {
   readonly mask: number;
@@ -125,12 +135,12 @@ export class OverlapChecker {
   #snapshotOffset = 0;
   #snapshotLength = 0;
   #snapshotL1s: readonly SnapshotL1[] = [];
-  #inactiveL2 = new Set<number>();
+  #inactiveL2: Float64Array = new Float64Array(0);
   readonly #bitmapDirectory: (() => { readonly offset: number; readonly length: number } | undefined) | undefined;
   #l2Version = -1;
-  readonly #l2 = new Set<number>();
+  #l2: Float64Array = new Float64Array(0);
   #blockVersion = -1;
-  readonly #blocks = new Set<number>();
+  #blocks: Float64Array = new Float64Array(0);
 
   constructor(options: OverlapCheckerOptions) {
     this.mask = options.mask;
@@ -154,9 +164,9 @@ export class OverlapChecker {
     this.#snapshotOffset = table.offset;
     this.#snapshotLength = table.length;
     this.#snapshotL1s = l1s;
-    const set = new Set<number>();
-    for (const offset of inactiveL2 ?? []) this.#addCluster(set, offset);
-    this.#inactiveL2 = set;
+    const clusters: number[] = [];
+    for (const offset of inactiveL2 ?? []) this.#addCluster(clusters, offset);
+    this.#inactiveL2 = sortedIndex(clusters);
   }
 
   /**
@@ -172,16 +182,15 @@ export class OverlapChecker {
     const end = Math.ceil((offset + length) / cs);
     const start = first * cs;
     const stop = end * cs;
-    const hits = (at: number, bytes: number): boolean => bytes > 0 && at < stop && start < at + bytes;
     const l1 = this.#l1;
-    if ((check & ACTIVE_L1) !== 0 && l1.size > 0 && hits(l1.offset, l1.size * L1_ENTRY_SIZE)) return 'active-l1';
+    if ((check & ACTIVE_L1) !== 0 && l1.size > 0 && overlaps(l1.offset, l1.size * L1_ENTRY_SIZE, start, stop)) return 'active-l1';
     const refcounts = this.#refcounts;
-    if ((check & REFCOUNT_TABLE) !== 0 && refcounts !== undefined && hits(refcounts.tableOffset, refcounts.tableEntries * 8)) {
+    if ((check & REFCOUNT_TABLE) !== 0 && refcounts !== undefined && overlaps(refcounts.tableOffset, refcounts.tableEntries * 8, start, stop)) {
       return 'refcount-table';
     }
-    if ((check & SNAPSHOT_TABLE) !== 0 && hits(this.#snapshotOffset, this.#snapshotLength)) return 'snapshot-table';
+    if ((check & SNAPSHOT_TABLE) !== 0 && overlaps(this.#snapshotOffset, this.#snapshotLength, start, stop)) return 'snapshot-table';
     if ((check & INACTIVE_L1) !== 0) {
-      for (const sn of this.#snapshotL1s) if (hits(sn.offset, sn.size * L1_ENTRY_SIZE)) return 'inactive-l1';
+      for (const sn of this.#snapshotL1s) if (overlaps(sn.offset, sn.size * L1_ENTRY_SIZE, start, stop)) return 'inactive-l1';
     }
     if ((check & ACTIVE_L2) !== 0 && this.#any(this.#activeL2(), first, end)) return 'active-l2';
     if ((check & REFCOUNT_BLOCK) !== 0 && refcounts !== undefined && this.#any(this.#refcountBlocks(refcounts), first, end)) {
@@ -190,51 +199,52 @@ export class OverlapChecker {
     if ((check & INACTIVE_L2) !== 0 && this.#any(this.#inactiveL2, first, end)) return 'inactive-l2';
     if ((check & BITMAP_DIRECTORY) !== 0) {
       const dir = this.#bitmapDirectory?.();
-      if (dir !== undefined && hits(dir.offset, dir.length)) return 'bitmap-directory';
+      if (dir !== undefined && overlaps(dir.offset, dir.length, start, stop)) return 'bitmap-directory';
     }
     return undefined;
   }
 
-  /** True when a cluster index in `[first, end)` is in `set`. */
-  #any(set: Set<number>, first: number, end: number): boolean {
-    if (set.size === 0) return false;
-    if (end - first <= set.size) {
-      for (let c = first; c < end; c++) if (set.has(c)) return true;
-      return false;
+  /** True when a cluster index in `[first, end)` is in `sorted` (a binary search). */
+  #any(sorted: Float64Array, first: number, end: number): boolean {
+    let lo = 0;
+    let hi = sorted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (sorted[mid]! < first) lo = mid + 1;
+      else hi = mid;
     }
-    for (const c of set) if (c >= first && c < end) return true;
-    return false;
+    return lo < sorted.length && sorted[lo]! < end;
   }
 
   /** The cluster(s) a one-cluster table at `offset` covers (two when it is not aligned, as qemu's check counts it). */
-  #addCluster(set: Set<number>, offset: number): void {
+  #addCluster(out: number[], offset: number): void {
     const c = Math.floor(offset / this.#cs);
-    set.add(c);
-    if (offset % this.#cs !== 0) set.add(c + 1);
+    out.push(c);
+    if (offset % this.#cs !== 0) out.push(c + 1);
   }
 
-  #activeL2(): Set<number> {
+  #activeL2(): Float64Array {
     const l1 = this.#l1;
     if (l1.version === this.#l2Version) return this.#l2;
-    const set = this.#l2;
-    set.clear();
+    const clusters: number[] = [];
     const view = l1.view;
     for (let i = 0; i < l1.size; i++) {
       const hi = view.getUint32(i * 8) & 0x00ff_ffff;
       const lo = (view.getUint32(i * 8 + 4) & 0xffff_fe00) >>> 0;
-      if (hi !== 0 || lo !== 0) this.#addCluster(set, hi * 0x1_0000_0000 + lo);
+      if (hi !== 0 || lo !== 0) this.#addCluster(clusters, hi * 0x1_0000_0000 + lo);
     }
+    this.#l2 = sortedIndex(clusters);
     this.#l2Version = l1.version;
-    return set;
+    return this.#l2;
   }
 
-  #refcountBlocks(refcounts: Refcounts): Set<number> {
+  #refcountBlocks(refcounts: Refcounts): Float64Array {
     if (refcounts.structureVersion === this.#blockVersion) return this.#blocks;
-    const set = this.#blocks;
-    set.clear();
-    for (const r of refcounts.structure()) if (r.kind === 'block') this.#addCluster(set, r.offset);
+    const clusters: number[] = [];
+    for (const r of refcounts.structure()) if (r.kind === 'block') this.#addCluster(clusters, r.offset);
+    this.#blocks = sortedIndex(clusters);
     this.#blockVersion = refcounts.structureVersion;
-    return set;
+    return this.#blocks;
   }
 }
 
@@ -273,12 +283,16 @@ export interface CorruptionSink {
  * metadata other than its own marks the image corrupt and is refused with qemu's words.
  */
 export function createOverlapGuard(checker: OverlapChecker, sink: CorruptionSink, externalDataFile: boolean): WriteGuard {
-  const bits = new Map<MetadataStructure, number>(METADATA_STRUCTURES.map((s) => [s, structureBit(s)]));
   return (offset, length, own) => {
     const refused = sink.refusal();
     if (refused !== undefined) return refused;
-    if (own === 'data' && externalDataFile) return undefined;
-    const hit = checker.find(offset, length, own === undefined || own === 'data' ? 0 : bits.get(own)!);
+    let ignore = 0;
+    if (own === 'data') {
+      if (externalDataFile) return undefined;
+    } else if (own !== undefined) {
+      ignore = structureBit(own);
+    }
+    const hit = checker.find(offset, length, ignore);
     if (hit === undefined) return undefined;
     return sink.signalCorruption(`Preventing invalid write on metadata (overlaps with ${QEMU_METADATA_NAMES[hit]})`, offset, length);
   };
