@@ -8,6 +8,7 @@ import { checkCacheMode, cvtnum, isQemuDriver } from '../options.js';
 import { hasHelpOption, isValidOptionList, QemuOpts } from '../qemu-opts.js';
 import { Progress } from '../progress.js';
 import { isZero, zeroSectors } from '../zero-scan.js';
+import { pageAlignedBuffers } from '../aligned-buffers.js';
 import { findSnapshot, parseSnapshotParam } from '../snapshot-param.js';
 import { checkGetopt } from '../usage.js';
 import { openWithChain, unsupportedOption } from './common.js';
@@ -252,8 +253,7 @@ async function copyToRaw(
       base += sizes[i] as number;
     }
     let done = 0;
-    const buffer = new Uint8Array(CHUNK);
-    const zeros = new Uint8Array(CHUNK);
+    const [buffer, zeros] = pageAlignedBuffers(2, CHUNK) as [Uint8Array, Uint8Array];
     for (const { image, base: at, extents } of plans) {
       for (const e of extents) {
         const isData = e.kind === 'data';
@@ -675,7 +675,7 @@ class BufferRing {
   #at = 0;
 
   constructor(count: number, size: number) {
-    this.#buffers = Array.from({ length: count }, () => new Uint8Array(size));
+    this.#buffers = pageAlignedBuffers(count, size);
   }
 
   next(): Uint8Array {

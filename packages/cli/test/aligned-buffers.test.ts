@@ -1,0 +1,47 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { pageAlignedBuffers } from '../src/aligned-buffers.js';
+import { isZero, zeroSectors } from '../src/zero-scan.js';
+
+describe('pageAlignedBuffers', () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+  });
+
+  it('hands out zeroed, disjoint buffers at 64 KiB boundaries of one memory', () => {
+    const buffers = pageAlignedBuffers(3, 2 * 1024 * 1024 + 100);
+    expect(buffers).toHaveLength(3);
+    const memory = buffers[0]!.buffer;
+    for (const [i, b] of buffers.entries()) {
+      expect(b.length).toBe(2 * 1024 * 1024 + 100);
+      expect(b.buffer).toBe(memory);
+      expect(b.byteOffset % 65536).toBe(0);
+      expect(b.byteOffset).toBe(i * 33 * 65536);
+      expect(isZero(b)).toBe(true);
+    }
+    buffers[1]!.fill(0xff);
+    expect(isZero(buffers[0]!)).toBe(true);
+    expect(isZero(buffers[2]!)).toBe(true);
+    // The sector scans work on views of WebAssembly memory.
+    buffers[2]!.fill(1, 512, 1024);
+    expect(Array.from(zeroSectors(buffers[2]!.subarray(0, 2048)))).toEqual([1, 0, 1, 1]);
+  });
+
+  it('falls back to ordinary buffers without WebAssembly memory', () => {
+    vi.stubGlobal('WebAssembly', undefined);
+    const buffers = pageAlignedBuffers(2, 1000);
+    expect(buffers.map((b) => b.length)).toEqual([1000, 1000]);
+    expect(buffers[0]!.buffer).not.toBe(buffers[1]!.buffer);
+  });
+
+  it('falls back when the memory cannot be made', () => {
+    vi.stubGlobal('WebAssembly', {
+      Memory: class {
+        constructor() {
+          throw new RangeError('WebAssembly.Memory(): could not allocate memory');
+        }
+      },
+    });
+    const buffers = pageAlignedBuffers(2, 4096);
+    expect(buffers.map((b) => b.length)).toEqual([4096, 4096]);
+  });
+});
