@@ -273,9 +273,9 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         const sn = table.snapshots[index]!;
         const l1Offset = snapshotL1Offset(sn, clusterSize, what);
         const snapshotL1 = await loadL1Table(storage, l1Offset, sn.l1Size);
-        // qemu's qcow2_snapshot_load_tmp: the view has the snapshot's disk size.
-        const diskSize = sn.entry.diskSize ?? table.virtualSize;
-        return new Qcow2Image({ ...parts, virtualSize: diskSize - (diskSize % 512) }, map.withL1(snapshotL1), false);
+        // As qemu-img 7.2 convert -l: the view has the image's current virtual size (not the
+        // snapshot's disk size), kept as it is now.
+        return new Qcow2Image({ ...parts, virtualSize: table.virtualSize }, map.withL1(snapshotL1), false);
       },
       release: async () => {
         ownedRefcounts?.dispose();
