@@ -11,8 +11,8 @@
 //    and libuv's pool) and the median of (qemu time / our time) = our throughput / qemu's.
 // 2. Engine vs raw storage, in process, depth 1: the whole guest disk in 64 KiB reads through the
 //    engine vs the same host bytes (the data clusters' runs, from the engine's extents) read in
-//    64 KiB pieces from @qcow2/storage-node directly; which goes first alternates per pair. Prints
-//    wall and CPU overheads and their medians.
+//    64 KiB pieces from @qcow2/storage-node directly, after one untimed pass of each (JIT warm-up);
+//    which goes first alternates per pair. Prints wall and CPU overheads and their medians.
 //
 // `qcow2` is the built binary (node_modules/.bin/qcow2, and the engine from the packages' dist:
 // run `pnpm build` first); with --bundle the CLI and the engine are bundled from the workspace
@@ -174,6 +174,9 @@ try {
       return { ms, cpu: (cpu.user + cpu.system) / 1000 };
     };
     console.log(`# engine vs raw storage in process: ${pieces.length} x 64 KiB reads at depth 1`);
+    // One untimed pass of each first: the pairs compare compiled code, not the JIT's warm-up.
+    await engine();
+    await rawStorage();
     const wallRatios = [];
     const cpuRatios = [];
     for (let p = 0; p < pairs; p++) {
