@@ -261,23 +261,33 @@ class NodeFile implements NodeStorage {
   }
 
   #submit(piece: Piece): void {
+    try {
+      readv(this.#fd, piece.buffers, piece.offset, (error, count) => {
+        this.#pieceDone(piece, error !== null || count < piece.bytes);
+        if (--this.#poolReads === 0 && this.#poolIdle !== undefined) {
+          const idle = this.#poolIdle;
+          this.#poolIdle = undefined;
+          idle();
+        }
+      });
+    } catch {
+      // Refused before reaching the pool: its reads are retried synchronously, which names the error.
+      this.#pieceDone(piece, true);
+      return;
+    }
     this.#poolReads++;
-    readv(this.#fd, piece.buffers, piece.offset, (error, count) => {
-      const reads = piece.reads;
-      const short = error !== null || count < piece.bytes;
-      for (let k = 0; k < reads.length; k++) {
-        const r = reads[k]!;
-        if (short) r.retry = true;
-        if (--r.pieces > 0) continue;
-        if (r.retry) this.#readNow(r);
-        else r.resolve(r.dst.length);
-      }
-      if (--this.#poolReads === 0 && this.#poolIdle !== undefined) {
-        const idle = this.#poolIdle;
-        this.#poolIdle = undefined;
-        idle();
-      }
-    });
+  }
+
+  /** Completes the reads whose last piece this is; `failed`: the piece failed or came back short. */
+  #pieceDone(piece: Piece, failed: boolean): void {
+    const reads = piece.reads;
+    for (let k = 0; k < reads.length; k++) {
+      const r = reads[k]!;
+      if (failed) r.retry = true;
+      if (--r.pieces > 0) continue;
+      if (r.retry) this.#readNow(r);
+      else r.resolve(r.dst.length);
+    }
   }
 
   #readOne(r: PendingRead): void {

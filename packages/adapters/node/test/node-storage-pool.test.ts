@@ -107,6 +107,18 @@ describe('createNodeStorage: large runs of reads on read-only storage go to the 
     await s.close();
   });
 
+  it('a readv the pool refuses synchronously: its reads are served synchronously instead', async () => {
+    const { path, bytes } = makeFile(16 * KiB64);
+    const s = await createNodeStorage(path, { readOnly: true });
+    poolReadv.mockImplementationOnce(() => {
+      throw Object.assign(new Error('EAGAIN: resource temporarily unavailable'), { code: 'EAGAIN' });
+    });
+    const dsts = Array.from({ length: 16 }, () => new Uint8Array(KiB64));
+    expect(await Promise.all(dsts.map((d, i) => s.read(d, i * KiB64)))).toEqual(Array(16).fill(KiB64));
+    for (let i = 0; i < 16; i++) expect(firstDifference(dsts[i]!, bytes.subarray(i * KiB64, (i + 1) * KiB64))).toBe(-1);
+    await s.close(); // nothing counted in flight: close does not wait forever
+  });
+
   it('close waits for pool reads in flight (they complete); reads after close reject CLOSED', async () => {
     const { path, bytes } = makeFile(32 * KiB64);
     const s = await createNodeStorage(path, { readOnly: true });
