@@ -10,6 +10,7 @@ import {
   readv,
   readvSync,
   write as writeAsync,
+  writev as writevAsync,
   writeSync,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -58,6 +59,22 @@ const POOL_PIECE_BYTES = 1 << 20;
  * time of the same writes made synchronously; below ~16 KiB the hop to the pool costs more than it saves.
  */
 const ASYNC_WRITE_MIN = 16 * 1024;
+
+/**
+ * At most this many bytes per batched pool writev: several writevs of a batch then run on the
+ * pool's threads at once, and the caller goes on with the first ones' completions meanwhile
+ * (64 KiB allocating writes at depth 64, runs of at most 64 KiB / 256 KiB / 1 MiB / 4 MiB: median
+ * CPU 1.55 / 1.48 / 1.27 / 1.86 s, wall 2.1 / 1.8 / 1.65 / 2.7 s).
+ */
+const WRITE_RUN_MAX = 1 << 20;
+
+/** A write waiting for the batch of its tick (see NodeFile.write). */
+interface QueuedWrite {
+  src: Uint8Array;
+  offset: number;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
 
 /** A write in flight (see ASYNC_WRITE_MIN): later reads and writes that overlap it wait for it. */
 interface WriteInFlight {
@@ -149,6 +166,8 @@ class NodeFile implements NodeStorage {
   #pending: PendingRead[] = [];
   /** Writes in flight in the thread pool (see write). */
   readonly #writes = new Set<WriteInFlight>();
+  /** Pool writes issued in this tick, not yet sent (see write). */
+  #writeQueue: QueuedWrite[] = [];
   /** Thread-pool reads in flight (read-only storage), and who waits for the last to finish. */
   #poolReads = 0;
   #poolIdle: (() => void) | undefined;
@@ -362,12 +381,80 @@ class NodeFile implements NodeStorage {
       }
       return RESOLVED;
     }
+    if (blockers === undefined) {
+      // Batched per tick: runs of file-contiguous writes go to the pool as one writev each.
+      return this.#start(
+        offset,
+        end,
+        () =>
+          new Promise<void>((resolve, reject) => {
+            this.#writeQueue.push({ src, offset, resolve, reject });
+            // setImmediate, not a microtask: the writes issued by all the completions of one
+            // event-loop turn (each runs its own microtasks) go out together.
+            if (this.#writeQueue.length === 1) setImmediate(this.#sendWrites);
+          }),
+      );
+    }
     return this.#start(offset, end, async () => {
-      if (blockers !== undefined) await Promise.allSettled(blockers);
+      await Promise.allSettled(blockers);
       this.#open('write');
       if (src.length < ASYNC_WRITE_MIN) this.#writeNow(src, offset);
       else await this.#writeInPool(src, offset);
     });
+  }
+
+  /**
+   * Sends the writes queued in this tick: each run of writes that continue each other in the file
+   * as one thread-pool `writev` (sequential allocating writes at depth 64: one system call and
+   * one pool hand-off for many clusters). None of them overlap (an overlapping write waits for
+   * the one in flight instead of joining the queue).
+   */
+  readonly #sendWrites = (): void => {
+    const queue = this.#writeQueue;
+    this.#writeQueue = [];
+    let i = 0;
+    while (i < queue.length) {
+      let end = i + 1;
+      let next = queue[i]!.offset + queue[i]!.src.length;
+      let bytes = queue[i]!.src.length;
+      while (end < queue.length && end - i < MAX_IOVECS) {
+        const w = queue[end]!;
+        if (w.offset !== next || bytes + w.src.length > WRITE_RUN_MAX) break;
+        next += w.src.length;
+        bytes += w.src.length;
+        end++;
+      }
+      this.#sendRun(queue.slice(i, end), bytes);
+      i = end;
+    }
+  };
+
+  /** One pool writev for `run`; a short or failed one falls back to writes one by one. */
+  #sendRun(run: QueuedWrite[], bytes: number): void {
+    if (this.#closed) {
+      for (const w of run) w.reject(closedError(this.#what('write')));
+      return;
+    }
+    const one = (w: QueuedWrite): void => {
+      this.#writeInPool(w.src, w.offset).then(w.resolve, w.reject);
+    };
+    if (run.length === 1) {
+      one(run[0]!);
+      return;
+    }
+    writevAsync(
+      this.#fd,
+      run.map((w) => w.src),
+      run[0]!.offset,
+      (error, written) => {
+        if (error === null && written === bytes) {
+          for (const w of run) w.resolve();
+          return;
+        }
+        // Rewriting what a short writev did write changes nothing; errors are named per write.
+        for (const w of run) one(w);
+      },
+    );
   }
 
   /** A synchronous positional write of all of `src`. */

@@ -7,7 +7,7 @@ import { makeTempDir } from '@qcow2/test-utils';
 
 vi.mock('node:fs', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs')>();
-  return { ...real, write: vi.fn(real.write), writeSync: vi.fn(real.writeSync) };
+  return { ...real, write: vi.fn(real.write), writev: vi.fn(real.writev), writeSync: vi.fn(real.writeSync) };
 });
 
 const tmp = makeTempDir('qcow2-node-storage-pool-writes-');
@@ -16,9 +16,11 @@ let counter = 0;
 const newPath = (): string => join(tmp.dir, `w-${counter++}.bin`);
 
 const poolWrite = vi.mocked(fs.write);
+const poolWritev = vi.mocked(fs.writev);
 const syncWrite = vi.mocked(fs.writeSync);
 beforeEach(() => {
   poolWrite.mockClear();
+  poolWritev.mockClear();
   syncWrite.mockClear();
 });
 
@@ -106,5 +108,61 @@ describe('createNodeStorage writes on the thread pool', () => {
     // The storage stays usable.
     await s.write(pattern(KiB64, 10), 0);
     await s.close();
+  });
+
+  it('sends the file-contiguous writes of one tick as writevs of at most 1 MiB', async () => {
+    const path = newPath();
+    const s = await createNodeStorage(path, { create: true });
+    const pieces = Array.from({ length: 20 }, (_, i) => pattern(KiB64, 20 + i));
+    // 20 contiguous writes, then one elsewhere: writevs of 16 and 4, and a single write.
+    const writes = pieces.map((p, i) => s.write(p, i * KiB64));
+    const apart = pattern(KiB64, 50);
+    writes.push(s.write(apart, 40 * KiB64));
+    await Promise.all(writes);
+    expect(poolWritev).toHaveBeenCalledTimes(2);
+    expect(poolWritev.mock.calls.map((c) => (c[1] as Uint8Array[]).length)).toEqual([16, 4]);
+    expect(poolWrite).toHaveBeenCalledTimes(1);
+    await s.close();
+    const bytes = new Uint8Array(fs.readFileSync(path));
+    for (const [i, p] of pieces.entries()) expect(same(bytes.subarray(i * KiB64, (i + 1) * KiB64), p)).toBe(true);
+    expect(same(bytes.subarray(40 * KiB64), apart)).toBe(true);
+  });
+
+  it('a failed writev is retried write by write, each failure named by its own offset', async () => {
+    const path = newPath();
+    const s = await createNodeStorage(path, { create: true });
+    poolWritev.mockImplementationOnce(((...args: unknown[]) => {
+      const callback = args[args.length - 1] as (error: NodeJS.ErrnoException | null, written: number) => void;
+      process.nextTick(() => callback(Object.assign(new Error('EIO: i/o error, writev'), { code: 'EIO' }), 0));
+    }) as unknown as typeof fs.writev);
+    let calls = 0;
+    poolWrite.mockImplementation(((...args: unknown[]) => {
+      const callback = args[args.length - 1] as (error: NodeJS.ErrnoException | null, written: number) => void;
+      const position = args[4] as number;
+      calls++;
+      if (position === KiB64) {
+        process.nextTick(() => callback(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }), 0));
+        return;
+      }
+      (fs.writeSync as unknown as (...a: unknown[]) => number)(args[0], args[1], args[2], args[3], position);
+      const written = args[3] as number;
+      process.nextTick(() => callback(null, written));
+    }) as unknown as typeof fs.write);
+    try {
+      const results = await Promise.allSettled([s.write(pattern(KiB64, 60), 0), s.write(pattern(KiB64, 61), KiB64)]);
+      expect(results[0]!.status).toBe('fulfilled');
+      expect(results[1]!.status).toBe('rejected');
+      const error = (results[1] as PromiseRejectedResult).reason as Error;
+      expect(isQcow2Error(error)).toBe(true);
+      expect(error.message).toContain('0x10000');
+      expect(calls).toBe(2);
+    } finally {
+      poolWrite.mockReset();
+      const real = await vi.importActual<typeof import('node:fs')>('node:fs');
+      poolWrite.mockImplementation(real.write);
+    }
+    await s.close();
+    const bytes = new Uint8Array(fs.readFileSync(path));
+    expect(same(bytes.subarray(0, KiB64), pattern(KiB64, 60))).toBe(true);
   });
 });
