@@ -78,6 +78,8 @@ export interface HostOpenOptions {
   cacheMode?: CacheMode;
   /** For writable images: qemu's discard option (unmap passes discards down to the file). */
   discard?: 'ignore' | 'unmap';
+  /** For writable images: told once when a fatal corruption event marks the image corrupt. */
+  onCorruption?: (event: { message: string }) => void;
 }
 
 /** A file `convert` writes. */

@@ -63,6 +63,7 @@ export function createNodeHost(): CliHost {
         };
         if (writable && options.cacheMode !== undefined) openOptions.cacheMode = engineCacheMode(options.cacheMode);
         if (writable && options.discard !== undefined) openOptions.discard = options.discard;
+        if (writable && options.onCorruption !== undefined) openOptions.onCorruption = options.onCorruption;
         if (writable) openOptions.dataFileResolver = dataFileResolver;
         const image = await openImage(storage, openOptions);
         return withStorageClose(image, storage);

@@ -18,6 +18,8 @@ export interface IoSession {
   quit: boolean;
   /** qemu-io's default cache mode, writethrough: every write is followed by a flush. */
   readonly writethrough?: boolean;
+  /** Corruption events the engine signalled (qemu's BLOCK_IMAGE_CORRUPTED), counted by `io`. */
+  readonly corruption?: { events: number };
 }
 
 export interface IoCommand {

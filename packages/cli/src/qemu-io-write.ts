@@ -57,11 +57,20 @@ function failure(error: unknown): string {
 
 /** Runs a request, then (writethrough, or FUA) a flush; the failure text or undefined. */
 async function request(session: IoSession, image: Writable, fua: boolean, run: () => Promise<void>): Promise<string | undefined> {
+  const eventsBefore = session.corruption?.events ?? 0;
   try {
     await run();
     if (fua || session.writethrough === true) await image.flush();
     return undefined;
   } catch (error) {
+    if (isQcow2Error(error) && error.code === 'CORRUPT' && eventsBefore > 0) {
+      // qemu drops the driver of an image marked corrupt (bs->drv = NULL): later requests fail
+      // with ENOMEDIUM; the request that raised the event fails with EIO.
+      return 'No medium found';
+    }
+    if (isQcow2Error(error) && error.code === 'CORRUPT' && (session.corruption?.events ?? 0) > eventsBefore) {
+      return 'Input/output error';
+    }
     return failure(error);
   }
 }
@@ -366,6 +375,8 @@ export const flushCommand: IoCommand = {
       await image.flush();
       return true;
     } catch (error) {
+      // qemu's bdrv_co_flush succeeds on a node without a driver (an image marked corrupt).
+      if (isQcow2Error(error) && error.code === 'CORRUPT' && (session.corruption?.events ?? 0) > 0) return true;
       session.err(`qcow2: flush failed: ${describeError(error)}\n`);
       return false;
     }

@@ -3,6 +3,7 @@ export { probeFormat } from './probe-format.js';
 export { checkRefcounts, type CopiedFlagError, type RefcountCheckResult } from './refcount-check.js';
 export { walkReferences, type ImageLayout } from './reference-walk.js';
 export type {
+  CorruptionEvent,
   Extent,
   ExtentKind,
   Image,

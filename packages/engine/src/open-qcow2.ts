@@ -230,6 +230,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         incompatibleFeatures: header.incompatibleFeatures,
         autoclearFeatures: header.autoclearFeatures,
         lazyRefcounts,
+        onCorruption: options.onCorruption,
       });
       overlap?.connect(refcounts, writableState);
       if ((header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {

@@ -3,6 +3,7 @@ import type { ClusterWriter } from '@qcow2/cluster';
 import { AUTOCLEAR_DATA_FILE_RAW, corrupt, hex, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, isQcow2Error, Qcow2Error } from '@qcow2/format';
 import type { Refcounts } from '@qcow2/refcount';
 import type { Storage } from '@qcow2/storage';
+import type { CorruptionEvent } from './types.js';
 
 /** Byte offsets of the header fields a writable image changes in place. */
 const INCOMPATIBLE_FEATURES_AT = 72;
@@ -23,6 +24,8 @@ export interface WritableParts {
   readonly autoclearFeatures: bigint;
   /** Lazy refcounts in force (qemu's lazy-refcounts option, or the image's compat bit). */
   readonly lazyRefcounts: boolean;
+  /** Told once, when a fatal corruption event marks the image corrupt. */
+  readonly onCorruption?: ((event: CorruptionEvent) => void) | undefined;
 }
 
 function mask(value: bigint): Uint8Array {
@@ -106,6 +109,11 @@ export class Qcow2Writable {
     if (this.#corruptReason === undefined) {
       this.#corruptReason = message;
       this.#marking = this.#p.version >= 3 ? this.#markCorrupt() : Promise.resolve();
+      try {
+        this.#p.onCorruption?.({ message, offset, length, fatal: true });
+      } catch {
+        // A listener's failure must not change what the write reports.
+      }
     }
     const error = corrupt(`${this.#what}: ${message}; image marked as corrupt (write of ${length} bytes at host offset ${hex(offset)})`);
     return this.#marking!.then(() => Promise.reject(error));

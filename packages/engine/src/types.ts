@@ -75,6 +75,24 @@ export interface OpenOptions {
   overlapCheck?: 'none' | 'constant' | 'cached' | 'all';
   /** qemu's overlap-check.<structure> switches: each one given overrides what `overlapCheck` selects. */
   overlapChecks?: Partial<Record<OverlapStructure, boolean>>;
+  /**
+   * Called once, when a fatal corruption event marks the image corrupt (qemu's
+   * BLOCK_IMAGE_CORRUPTED event, which qemu-img and qemu-io report as "qcow2: Marking image as
+   * corrupt: <message>; further corruption events will be suppressed"). Further events are
+   * suppressed, as in qemu. An exception thrown by the callback is ignored.
+   */
+  onCorruption?: (event: CorruptionEvent) => void;
+}
+
+/** A corruption event (qemu's BLOCK_IMAGE_CORRUPTED). */
+export interface CorruptionEvent {
+  /** qemu's message, e.g. "Preventing invalid write on metadata (overlaps with active L1 table)". */
+  message: string;
+  /** Host offset and length of the refused write. */
+  offset: number;
+  length: number;
+  /** The image takes no more writes (always true for the events this implementation signals). */
+  fatal: boolean;
 }
 
 /** The metadata structures of the overlap checks, as qemu's overlap-check.<structure> options name them. */

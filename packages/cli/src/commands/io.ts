@@ -81,18 +81,30 @@ export async function ioCommand(ctx: Context, argv: readonly string[]): Promise<
   if (parsed.operands.length > 1) throw usageError('Expecting at most one image file name');
   const filename = parsed.operands[0];
 
+  // qemu's qcow2_signal_corruption reports the first fatal event on stderr and suppresses the rest.
+  const corruption = { events: 0 };
+  const reportCorruption = (message: string): void => {
+    corruption.events++;
+    ctx.err(`qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed\n`);
+  };
+
   // Without a file, as qemu-io: only help and quit work, other commands fail.
   let image: ImageLike | undefined;
   if (filename !== undefined) {
     try {
-      image = await openWithChain(ctx, filename, format, readOnly ? {} : { writable: true, cacheMode: cache, discard });
+      image = await openWithChain(
+        ctx,
+        filename,
+        format,
+        readOnly ? {} : { writable: true, cacheMode: cache, discard, onCorruption: (event) => reportCorruption(event.message) },
+      );
     } catch (error) {
       throw new CliError(`can't open device ${filename}: ${isCliError(error) ? error.message : describeError(error)}`, {
         cause: error,
       });
     }
   }
-  const session: IoSession = { image, out: ctx.out, err: ctx.err, now: ctx.now, quit: false, writethrough: cache === 'writethrough' };
+  const session: IoSession = { image, out: ctx.out, err: ctx.err, now: ctx.now, quit: false, writethrough: cache === 'writethrough', corruption };
   let failed = false;
   try {
     const lines = commands.length > 0 ? commands : await ctx.stdinLines();
