@@ -148,6 +148,12 @@ export function workspaceImportMap(names: readonly string[]): Record<string, str
   );
 }
 
+/** The path of pako's ESM build (what @qcow2/compress imports for deflate), for the import map of a script that imports the engine. */
+export function pakoModule(): string {
+  const require = createRequire(join(repoRoot, 'packages', 'compress', 'package.json'));
+  return join(dirname(require.resolve('pako/package.json')), 'dist', 'pako.mjs');
+}
+
 export interface RunDenoOptions {
   /** An ES module's source. Its last line of output must be the JSON result. */
   script: string;

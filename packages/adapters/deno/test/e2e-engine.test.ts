@@ -1,9 +1,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeWithQemu, makeTempDir, qemuCheck, qemuImg, qemuIo } from '@qcow2/test-utils';
-import { repoRoot, runDenoScript } from './deno-harness.js';
+import { pakoModule, runDenoScript } from './deno-harness.js';
 
 // The engine end to end in the real Deno binary, over a Deno file: createImage, open writable,
 // write (plain, unaligned, compressed, zeroes), flush, close, reopen read-only and read back —
@@ -114,12 +113,6 @@ interface DenoE2e {
   beforeCloseDiffers: number;
   afterReopenDiffers: number;
   extents: { offset: number; length: number; kind: string; depth: number; compressed?: boolean }[];
-}
-
-/** The path of pako's ESM build (what @qcow2/compress imports for deflate), for Deno's import map. */
-function pakoModule(): string {
-  const require = createRequire(join(repoRoot, 'packages', 'compress', 'package.json'));
-  return join(dirname(require.resolve('pako/package.json')), 'dist', 'pako.mjs');
 }
 
 describeWithQemu('engine end to end in Deno over createDenoStorage', () => {
