@@ -468,7 +468,7 @@ async function copyInto(
   const pool = new RequestPool(IN_FLIGHT);
   // Buffers are reused (fresh ones cost page faults): one for each write in flight and each
   // chunk read ahead, and one more.
-  const ring = new BufferRing(compress ? IN_FLIGHT + 1 : IN_FLIGHT + READ_AHEAD + 1, compress ? cluster : CHUNK);
+  const ring = new BufferRing(IN_FLIGHT + READ_AHEAD + 1, Math.max(CHUNK, cluster));
   const run = (fn: () => Promise<void>): Promise<void> =>
     pool.run(async () => {
       try {
@@ -486,23 +486,60 @@ async function copyInto(
   };
 
   if (compress) {
-    // Whole target clusters: one read (across extents and sources), one compressed write.
-    for (let at = 0; at < total; at += cluster) {
-      const length = Math.min(cluster, total - at);
-      const pieces = piecesOf(plans, sizes, at, length);
-      if (pieces.every((p) => !p.data)) {
+    // Chunks of whole target clusters (CHUNK is a multiple of every cluster size), read ahead
+    // (across extents and sources) as below; each run of clusters that are not all zeros goes to
+    // one compressed write.
+    const span = Math.max(CHUNK, cluster);
+    const ahead: CompressedChunk[] = [];
+    let nextAt = 0;
+    const fill = (): void => {
+      while (ahead.length < READ_AHEAD && nextAt < total) {
+        const at = nextAt;
+        const length = Math.min(span, total - at);
+        nextAt += length;
+        const pieces = piecesOf(plans, sizes, at, length);
+        if (pieces.every((p) => !p.data)) {
+          ahead.push({ at, length, pieces, buffer: undefined, ready: undefined });
+          continue;
+        }
+        const buffer = ring.next().subarray(0, length);
+        buffer.fill(0);
+        const ready = (async () => {
+          for (const p of pieces) if (p.data) await read(p.image, buffer.subarray(p.into, p.into + p.length), p.offset, p.base);
+        })();
+        ready.catch(() => undefined); // awaited in turn below
+        ahead.push({ at, length, pieces, buffer, ready });
+      }
+    };
+    fill();
+    for (let item = ahead.shift(); item !== undefined; item = ahead.shift()) {
+      const { at, length, pieces, buffer, ready } = item;
+      if (buffer === undefined) {
         if (!zeroInit) await run(() => image.writeZeroes(at, length, { mayUnmap: true }));
         if (!zeroInit || minSparse === 0) advance(length);
+        fill();
         continue;
       }
-      const buffer = ring.next().subarray(0, length);
-      buffer.fill(0);
-      for (const p of pieces) if (p.data) await read(p.image, buffer.subarray(p.into, p.into + p.length), p.offset, p.base);
-      await run(async () => {
-        if (!isZero(buffer)) await image.writeCompressed(buffer, at);
-        else if (!zeroInit) await image.writeZeroes(at, length, { mayUnmap: true });
-      });
+      await ready;
+      let runStart = -1;
+      const flushRun = async (end: number): Promise<void> => {
+        if (runStart < 0) return;
+        const from = runStart;
+        runStart = -1;
+        await run(() => image.writeCompressed(buffer.subarray(from, end), at + from));
+      };
+      for (let c = 0; c < length; c += cluster) {
+        const end = Math.min(c + cluster, length);
+        if (!isZero(buffer, c, end)) {
+          if (runStart < 0) runStart = c;
+          continue;
+        }
+        await flushRun(c);
+        if (!zeroInit) await run(() => image.writeZeroes(at + c, end - c, { mayUnmap: true }));
+      }
+      await flushRun(length);
       advance(pieces.reduce((sum, p) => sum + (p.data || !zeroInit || minSparse === 0 ? p.length : 0), 0));
+      fill();
     }
   } else {
     // A pipeline in guest order: up to READ_AHEAD chunks being read while the oldest is written.
@@ -550,6 +587,16 @@ interface Chunk {
   length: number;
   /** False: zeros to write (only yielded when zero runs are written). */
   data: boolean;
+}
+
+interface CompressedChunk {
+  /** Target offset and length (whole clusters, but for the end of the image). */
+  at: number;
+  length: number;
+  pieces: Piece[];
+  /** The chunk's bytes once `ready` resolves; undefined when no piece has data. */
+  buffer: Uint8Array | undefined;
+  ready: Promise<void> | undefined;
 }
 
 interface ChunkInFlight {
