@@ -4,6 +4,7 @@ export { checkRefcounts, type CopiedFlagError, type RefcountCheckResult } from '
 export { walkReferences, type ImageLayout } from './reference-walk.js';
 export type {
   CorruptionEvent,
+  CreateSnapshotOptions,
   Extent,
   ExtentKind,
   Image,
