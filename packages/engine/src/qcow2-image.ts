@@ -465,7 +465,8 @@ export class Qcow2Image implements Image {
     try {
       return await fn(ops);
     } finally {
-      this.#forgetDecompressed();
+      // Clusters the operation freed are reused only after the reads that may still use them.
+      await this.quiesceReads();
     }
   }
 
