@@ -6,15 +6,17 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeWithQemu, makeTempDir, qemuCheck, qemuImg, qemuInfo, qemuIo } from '@qcow2/test-utils';
 import { describeWithChromium } from './browser/describe-with-chromium.js';
 import { runInChromium } from './browser/run-in-chromium.js';
-import type { E2eOp, E2ePageReport, E2eParams, ImageView } from './browser/e2e-report.js';
+import type { E2eOp, E2ePageReport, E2eParams, ImageView, SnapshotParams } from './browser/e2e-report.js';
 
 // The engine end to end in headless Chromium: in a dedicated worker over OPFS (createOpfsStorage),
 // an image created, written, reopened and read back; and an overlay in OPFS whose backing file is
 // a qcow2 made here by qemu and served over HTTP by the harness (opened with createHttpStorage by
 // the resolver), written to and read as the merged view. The page also reads the created image
-// with the engine on the main thread over createOpfsWorkerStorage. The browser reports digests of
-// what it read and the image files themselves; the expected bytes are computed here, and qemu
-// checks the files.
+// with the engine on the main thread over createOpfsWorkerStorage. Internal snapshots in the
+// worker too: create, write over, reopen, read the active disk and the snapshots, apply, write,
+// delete, reopen read-only. The browser reports digests of what it read (and the snapshot list
+// after each step) and the image files themselves; the expected bytes are computed here, and
+// qemu checks the files.
 
 const tmp = makeTempDir('qcow2-opfs-e2e-');
 afterAll(() => tmp.cleanup());
@@ -46,6 +48,33 @@ const overlayOps: E2eOp[] = [
   { kind: 'write', offset: 5 * MiB, length: CLUSTER, fill: 0x33 },
   { kind: 'write', offset: 6 * MiB + 4096, length: 4096, fill: 0x44 },
 ];
+
+// The snapshot sequence (see SnapshotParams): A before "base", B before "middle" (copy-on-write of
+// a cluster "base" shares, zeroes over its compressed cluster, a fresh cluster), C over clusters
+// both share, D over the applied "base".
+const SNAPSHOT_SIZE = 4 * MiB;
+const BASE_DATE = 1_700_000_000;
+const snapshotParams: SnapshotParams = {
+  virtualSize: SNAPSHOT_SIZE,
+  baseDate: BASE_DATE,
+  phases: {
+    A: [
+      { kind: 'write', offset: 0, length: 3 * CLUSTER, fill: 0xa1 },
+      { kind: 'write', offset: MiB + 1000, length: 100_000, from: 0 },
+      { kind: 'compressed', offset: 2 * MiB, length: 2 * CLUSTER, fill: 0xc3 },
+    ],
+    B: [
+      { kind: 'write', offset: CLUSTER + 4096, length: 8192, fill: 0xb2 },
+      { kind: 'zero', offset: 2 * MiB, length: CLUSTER },
+      { kind: 'write', offset: 3 * MiB, length: CLUSTER, fill: 0xb3 },
+    ],
+    C: [
+      { kind: 'write', offset: 0, length: 2 * CLUSTER, fill: 0xd4 },
+      { kind: 'write', offset: MiB + 50_000, length: 30_000, from: 100_000 },
+    ],
+    D: [{ kind: 'write', offset: CLUSTER / 2, length: 1000, fill: 0xe5 }],
+  },
+};
 
 function pseudoRandom(length: number, seed: number): Uint8Array {
   const out = new Uint8Array(length);
@@ -105,6 +134,7 @@ describeWithQemu('engine end to end in headless Chromium', () => {
         baseUrl: '/images/base.qcow2',
         overlayOps,
         digestChunk: DIGEST_CHUNK,
+        snapshots: snapshotParams,
       };
       const run = await runInChromium<E2ePageReport>({
         entries: { page: entry('e2e-page.ts'), worker: entry('e2e-worker.ts') },
@@ -190,6 +220,102 @@ describeWithQemu('engine end to end in headless Chromium', () => {
         const raw = join(tmp.dir, 'merged.raw');
         qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', file, raw]);
         expect(Buffer.compare(readFileSync(raw), expectedMerged)).toBe(0);
+      });
+    });
+
+    describe('internal snapshots of an image in OPFS, in the worker', () => {
+      const { A, B, C, D } = snapshotParams.phases;
+      const diskA = apply(new Uint8Array(SNAPSHOT_SIZE), A);
+      const diskAB = apply(diskA.slice(), B);
+      const diskABC = apply(diskAB.slice(), C);
+      const diskAD = apply(diskA.slice(), D);
+      const snapshotsFile = (name: string, base64: string): string => {
+        const file = join(tmp.dir, name);
+        writeFileSync(file, Buffer.from(base64, 'base64'));
+        return file;
+      };
+      const expectClean = (file: string): void => {
+        const { exitCode, json } = qemuCheck(file);
+        expect(exitCode, JSON.stringify(json)).toBe(0);
+        expect(json['check-errors']).toBe(0);
+        expect(json['leaks'] ?? 0).toBe(0);
+        expect(json['corruptions'] ?? 0).toBe(0);
+      };
+      /** `qemu-img snapshot -l` rows as [id, tag] (the tags here have no spaces). */
+      const qemuSnapshotList = (file: string): string[][] =>
+        qemuImg(['snapshot', '-l', file])
+          .split('\n')
+          .filter((line) => /^\d+\s/.test(line))
+          .map((line) => line.split(/\s+/).slice(0, 2));
+      const qemuRaw = (file: string, snapshot?: string): Buffer => {
+        const raw = `${file}.${snapshot ?? 'active'}.raw`;
+        qemuImg(['convert', '-f', 'qcow2', ...(snapshot === undefined ? [] : ['-l', snapshot]), '-O', 'raw', file, raw]);
+        return readFileSync(raw);
+      };
+
+      it('the expected disks differ chunk by chunk where the phases wrote (the digest comparisons can fail)', () => {
+        for (const [a, b] of [[diskA, diskAB], [diskAB, diskABC], [diskA, diskAD], [diskAD, diskABC]] as const) {
+          expect(digests(a)).not.toEqual(digests(b));
+        }
+      });
+
+      it('the snapshot list after each step: create, create, reopen, apply, delete, reopen read-only', () => {
+        const { lists } = report.worker.snapshots;
+        const base = { id: '1', name: 'base', diskSize: SNAPSHOT_SIZE, vmStateSize: 0, dateSec: BASE_DATE };
+        const middle = { id: '2', name: 'middle', diskSize: SNAPSHOT_SIZE, vmStateSize: 0 };
+        expect(lists.createBase).toEqual([base]);
+        expect(lists.createMiddle).toMatchObject([base, middle]);
+        expect(lists.reopened).toMatchObject([base, middle]);
+        expect(lists.applied).toMatchObject([base, middle]);
+        expect(lists.deleted).toEqual([base]);
+        expect(lists.final).toEqual([base]);
+      });
+
+      it('after reopening: the active disk holds every write, "base" (by name) the first phase, snapshot id 2 the first two', () => {
+        const { views } = report.worker.snapshots;
+        expectView(views.activeAbc, diskABC, { readOnly: false });
+        expectView(views.baseByName, diskA, { readOnly: true });
+        expectView(views.middleById, diskAB, { readOnly: true });
+      });
+
+      it('applySnapshot("base") makes the active disk the snapshot; a write after it leaves the snapshot unchanged', () => {
+        const { views } = report.worker.snapshots;
+        expectView(views.activeApplied, diskA, { readOnly: false });
+        expectView(views.activeAd, diskAD, { readOnly: false });
+        expectView(views.baseAfterWrite, diskA, { readOnly: true });
+      });
+
+      it('reopened read-only after the delete: clean, the same disks, and "middle" is gone (NOT_FOUND)', () => {
+        const { views, missing } = report.worker.snapshots;
+        expectView(views.finalActive, diskAD, { readOnly: true, dirty: false });
+        expectView(views.finalBase, diskA, { readOnly: true });
+        expect(missing).toMatchObject({ isQcow2Error: true, code: 'NOT_FOUND' });
+      });
+
+      it('the final file: qemu-img check clean, snapshot -l lists exactly "base" (id 1, its date), convert -l base and the active disk as the worker read them', () => {
+        const file = snapshotsFile('snapshots.qcow2', report.worker.snapshots.file);
+        expectClean(file);
+        expect(qemuSnapshotList(file)).toEqual([['1', 'base']]);
+        expect((qemuInfo(file) as { snapshots?: unknown[] }).snapshots).toEqual([
+          expect.objectContaining({ id: '1', name: 'base', 'vm-state-size': 0, 'date-sec': BASE_DATE }),
+        ]);
+        const base = qemuRaw(file, 'base');
+        expect(digests(base)).toEqual(report.worker.snapshots.views.finalBase.digests);
+        expect(Buffer.compare(base, diskA)).toBe(0);
+        expect(Buffer.compare(qemuRaw(file), diskAD)).toBe(0);
+      });
+
+      it('the file while both snapshots existed: check clean, both listed, each converts to what the worker read from it', () => {
+        const file = snapshotsFile('two-snapshots.qcow2', report.worker.snapshots.twoSnapshotsFile);
+        expectClean(file);
+        expect(qemuSnapshotList(file)).toEqual([
+          ['1', 'base'],
+          ['2', 'middle'],
+        ]);
+        const { views } = report.worker.snapshots;
+        expect(digests(qemuRaw(file, 'base'))).toEqual(views.baseByName.digests);
+        expect(digests(qemuRaw(file, 'middle'))).toEqual(views.middleById.digests);
+        expect(digests(qemuRaw(file))).toEqual(views.activeAbc.digests);
       });
     });
   });

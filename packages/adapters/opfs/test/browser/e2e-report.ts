@@ -18,6 +18,19 @@ export interface E2eParams {
   readonly overlayOps: readonly E2eOp[];
   /** Bytes per digest of the guest view. */
   readonly digestChunk: number;
+  /** The internal-snapshot sequence (a third image in OPFS). */
+  readonly snapshots: SnapshotParams;
+}
+
+/**
+ * create, write A, snapshot "base" (at `baseDate`), write B, snapshot "middle", write C, close;
+ * reopen writable, read the active disk and both snapshots, apply "base", write D, delete
+ * "middle", close; reopen read-only and read again.
+ */
+export interface SnapshotParams {
+  readonly virtualSize: number;
+  readonly baseDate: number;
+  readonly phases: { readonly A: readonly E2eOp[]; readonly B: readonly E2eOp[]; readonly C: readonly E2eOp[]; readonly D: readonly E2eOp[] };
 }
 
 /** The engine's view of an image, as the worker or the page saw it. */
@@ -55,10 +68,44 @@ export interface OverlayReport {
   readonly httpAfterClose?: ErrorJson;
 }
 
+/** One entry of `Image.snapshots`, as the worker saw it. */
+export interface ListedSnapshot {
+  readonly id: string;
+  readonly name: string;
+  readonly diskSize: number;
+  readonly vmStateSize: number;
+  readonly dateSec: number;
+}
+
+export type SnapshotStep = 'createBase' | 'createMiddle' | 'reopened' | 'applied' | 'deleted' | 'final';
+
+/** The views read, by label (see the worker): the active disk or a snapshot at that point. */
+export type SnapshotViewLabel =
+  | 'activeAbc'
+  | 'baseByName'
+  | 'middleById'
+  | 'activeApplied'
+  | 'activeAd'
+  | 'baseAfterWrite'
+  | 'finalActive'
+  | 'finalBase';
+
+export interface SnapshotsReport {
+  /** Image.snapshots after each step. */
+  readonly lists: Readonly<Record<SnapshotStep, readonly ListedSnapshot[]>>;
+  readonly views: Readonly<Record<SnapshotViewLabel, ImageView>>;
+  /** openSnapshot("middle") after the delete. */
+  readonly missing?: ErrorJson;
+  /** The file while both snapshots existed (after the first close), and at the end (base64). */
+  readonly twoSnapshotsFile: string;
+  readonly file: string;
+}
+
 export interface WorkerE2eReport {
   readonly inWorker: boolean;
   readonly created: CreatedReport;
   readonly overlay: OverlayReport;
+  readonly snapshots: SnapshotsReport;
 }
 
 export interface E2ePageReport {

@@ -1,18 +1,32 @@
 // The dedicated worker of the end-to-end browser test: the engine over createOpfsStorage.
 //  1. creates an image in OPFS, opens it writable, writes, closes, reopens read-only, reads back;
 //  2. creates an overlay in OPFS whose backing file is a qcow2 served over HTTP (opened by the
-//     resolver with createHttpStorage), writes to it and reads the merged view.
+//     resolver with createHttpStorage), writes to it and reads the merged view;
+//  3. internal snapshots: creates an image, writes, snapshots, writes over them, reopens, reads
+//     the active disk and the snapshots, applies one, writes, deletes the other, reopens read-only.
 // It also serves the page's createOpfsWorkerStorage calls (serveOpfsStorage).
 import { createImage, openImage } from '@qcow2/engine';
 import type { StorageResolver } from '@qcow2/storage';
 import { createHttpStorage, type HttpStorage } from '@qcow2/storage-http';
 import { createOpfsStorage, serveOpfsStorage } from '@qcow2/storage-opfs';
 import { applyOps, toBase64, viewOf } from './e2e-image.js';
-import type { CreatedReport, E2eParams, OverlayReport, WorkerE2eReport } from './e2e-report.js';
+import type { Image } from '@qcow2/engine';
+import type {
+  CreatedReport,
+  E2eParams,
+  ImageView,
+  ListedSnapshot,
+  OverlayReport,
+  SnapshotsReport,
+  SnapshotStep,
+  SnapshotViewLabel,
+  WorkerE2eReport,
+} from './e2e-report.js';
 import { errorOf } from './report.js';
 
 const CREATED_PATH = 'e2e/created.qcow2';
 const OVERLAY_PATH = 'e2e/overlay.qcow2';
+const SNAPSHOTS_PATH = 'e2e/snapshots.qcow2';
 
 /** The whole file, read back through the adapter. */
 async function fileBytes(path: string): Promise<Uint8Array> {
@@ -95,6 +109,83 @@ async function overlay(params: E2eParams, payload: Uint8Array): Promise<OverlayR
   return { writable, reopened, file: toBase64(await fileBytes(OVERLAY_PATH)), http, ...(httpWrite && { httpWrite }), ...(httpAfterClose && { httpAfterClose }) };
 }
 
+async function snapshots(params: E2eParams, payload: Uint8Array): Promise<SnapshotsReport> {
+  const { virtualSize, baseDate, phases } = params.snapshots;
+  const lists: Partial<Record<SnapshotStep, ListedSnapshot[]>> = {};
+  const views: Partial<Record<SnapshotViewLabel, ImageView>> = {};
+  const list = (step: SnapshotStep, image: Image): void => {
+    lists[step] = image.snapshots.map((s) => ({ id: s.id, name: s.name, diskSize: s.diskSize, vmStateSize: s.vmStateSize, dateSec: s.dateSec }));
+  };
+  const view = async (label: SnapshotViewLabel, image: Image): Promise<void> => {
+    views[label] = await viewOf(image, params.digestChunk);
+  };
+  const viewSnapshot = async (label: SnapshotViewLabel, image: Image, idOrName: string): Promise<void> => {
+    const snapshot = await image.openSnapshot(idOrName);
+    try {
+      await view(label, snapshot);
+    } finally {
+      await snapshot.close();
+    }
+  };
+
+  const storage = await createOpfsStorage(SNAPSHOTS_PATH, { create: true });
+  try {
+    await createImage(storage, { size: virtualSize });
+    const image = await openImage(storage, { readOnly: false, name: SNAPSHOTS_PATH });
+    await applyOps(image, phases.A, payload);
+    await image.createSnapshot('base', { dateSec: baseDate, dateNsec: 0 });
+    list('createBase', image);
+    await applyOps(image, phases.B, payload);
+    await image.createSnapshot('middle');
+    list('createMiddle', image);
+    await applyOps(image, phases.C, payload);
+    await image.close();
+  } finally {
+    await storage.close();
+  }
+  const twoSnapshotsFile = toBase64(await fileBytes(SNAPSHOTS_PATH));
+
+  const rw = await createOpfsStorage(SNAPSHOTS_PATH);
+  try {
+    const image = await openImage(rw, { readOnly: false, name: SNAPSHOTS_PATH });
+    list('reopened', image);
+    await view('activeAbc', image);
+    await viewSnapshot('baseByName', image, 'base');
+    await viewSnapshot('middleById', image, '2');
+    await image.applySnapshot('base');
+    list('applied', image);
+    await view('activeApplied', image);
+    await applyOps(image, phases.D, payload);
+    await view('activeAd', image);
+    await viewSnapshot('baseAfterWrite', image, 'base');
+    await image.deleteSnapshot('middle');
+    list('deleted', image);
+    await image.close();
+  } finally {
+    await rw.close();
+  }
+
+  const ro = await createOpfsStorage(SNAPSHOTS_PATH, { readOnly: true });
+  let missing;
+  try {
+    const image = await openImage(ro, { name: SNAPSHOTS_PATH });
+    list('final', image);
+    await view('finalActive', image);
+    await viewSnapshot('finalBase', image, 'base');
+    missing = await errorOf(() => image.openSnapshot('middle'));
+    await image.close();
+  } finally {
+    await ro.close();
+  }
+  return {
+    lists: lists as SnapshotsReport['lists'],
+    views: views as SnapshotsReport['views'],
+    ...(missing && { missing }),
+    twoSnapshotsFile,
+    file: toBase64(await fileBytes(SNAPSHOTS_PATH)),
+  };
+}
+
 async function run(params: E2eParams): Promise<WorkerE2eReport> {
   const root = await navigator.storage.getDirectory();
   await root.removeEntry('e2e', { recursive: true }).catch(() => undefined);
@@ -103,6 +194,7 @@ async function run(params: E2eParams): Promise<WorkerE2eReport> {
     inWorker: typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope === 'function' && !('document' in globalThis),
     created: await created(params, payload),
     overlay: await overlay(params, payload),
+    snapshots: await snapshots(params, payload),
   };
 }
 
