@@ -665,9 +665,22 @@ export class RefcountCheck {
       avoid.push([Math.floor(offset / cs) * cs, cs]);
     }
     let result;
+    const refusal: { what?: string } = {};
     try {
-      result = await rebuildRefcountStructure({ storage: image.storage, counts, avoid });
+      result = await rebuildRefcountStructure({
+        storage: image.storage,
+        counts,
+        avoid,
+        // qemu's rebuild_refcounts_write_refblocks / rebuild_refcount_structure: each new block
+        // and the new table pass qcow2_pre_write_overlap_check (nothing ignored) first.
+        writeGuard: (offset, length, what) => this.#rebuildOverlapCheck(offset, length, what, refusal),
+      });
     } catch (error) {
+      if (refusal.what !== undefined) {
+        this.#emit({ text: `ERROR writing ${refusal.what}: Input/output error`, report: true });
+        res.checkErrors++;
+        throw abortFrom(error);
+      }
       this.#emit({ text: `ERROR rebuilding the refcount structure: ${isQcow2Error(error) ? error.message : strerrorOf(error)}`, report: true });
       res.checkErrors++;
       throw abortFrom(error);
@@ -675,6 +688,16 @@ export class RefcountCheck {
     image.refcountTableOffset = result.tableOffset;
     image.refcountTable = result.table;
     this.#store.refcounts = await openStoredRefcounts(image);
+  }
+
+  /** The rebuild's overlap check: refused writes are named as qemu names them (refblock, reftable). */
+  #rebuildOverlapCheck(offset: number, length: number, what: string, refusal: { what?: string }): Promise<never> | undefined {
+    const image = this.#image;
+    if (image.overlap(offset, length) === undefined) return undefined;
+    refusal.what = what;
+    return image.preWriteOverlapCheck(this.#emit, offset, length, []).then(() => {
+      throw new CheckAbort(EIO_TEXT);
+    });
   }
 }
 

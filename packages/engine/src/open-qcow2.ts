@@ -36,7 +36,7 @@ import type { Storage } from '@qcow2/storage';
 import { combineName } from './backing-name.js';
 import { Qcow2Image, type Qcow2Parts } from './qcow2-image.js';
 import { Qcow2Writable, WriteTrackingStorage } from './qcow2-writable.js';
-import { ImageOverlapGuard, readInactiveL2Offsets, resolveOverlapChecks } from './overlap-check.js';
+import { ImageOverlapGuard, resolveOverlapChecks } from './overlap-check.js';
 import { ReadEpochs } from './read-epochs.js';
 import { layoutOf, repairRefcounts } from './refcount-check.js';
 import { createSnapshotOps, snapshotInfo, type SnapshotOps } from './snapshot-ops.js';
@@ -333,6 +333,14 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         externalDataFile: hasDataFile,
         state: table,
         growL1: (minEntries, exact) => w.writer.growL1(minEntries, exact),
+        ...(overlap?.guard === undefined
+          ? {}
+          : {
+              writeGuard: overlap.guard,
+              // The checks follow the new snapshot table before anything is freed.
+              onTableChanged: (t: SnapshotTableState, created?: { offset: number; bytes: Uint8Array }) =>
+                overlap.followSnapshots(t.location, t.snapshots, created),
+            }),
         onResize: (size) => {
           // The writer checks ranges against the virtual size it was made with.
           parts.virtualSize = size;
@@ -342,11 +350,6 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
       });
       const ops: SnapshotOps = createSnapshotOps(internal, table, async (list) => {
         parts.snapshots = list;
-        if (overlap?.guard !== undefined) {
-          // The metadata overlap checks follow the new snapshot table and L1 tables.
-          const l1s = table.snapshots.map((sn) => ({ offset: sn.l1OffsetHi * TWO_POW_32 + sn.l1OffsetLo, size: sn.l1Size }));
-          overlap.checker.setSnapshots(table.location, l1s, await readInactiveL2Offsets(storage, l1s, clusterSize));
-        }
       });
       parts.snapshotOps = ops;
     }

@@ -259,14 +259,32 @@ export async function readInactiveL2Offsets(storage: Storage, l1s: readonly Snap
     if (sn.size === 0 || sn.size > MAX_L1_ENTRIES || sn.offset % clusterSize !== 0) continue;
     const bytes = new Uint8Array(sn.size * L1_ENTRY_SIZE);
     await readFully(storage, bytes, sn.offset);
-    const view = new DataView(bytes.buffer);
-    for (let i = 0; i < sn.size; i++) {
-      const hi = view.getUint32(i * 8) & 0x00ff_ffff;
-      const lo = (view.getUint32(i * 8 + 4) & 0xffff_fe00) >>> 0;
-      if (hi !== 0 || lo !== 0) out.push(hi * 0x1_0000_0000 + lo);
-    }
+    out.push(...l2OffsetsOf(bytes));
   }
   return out;
+}
+
+/** The L2 table offsets an L1 table's entries hold (big-endian bytes). */
+export function l2OffsetsOf(bytes: Uint8Array): number[] {
+  const out: number[] = [];
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let at = 0; at + L1_ENTRY_SIZE <= bytes.byteLength; at += L1_ENTRY_SIZE) {
+    const hi = view.getUint32(at) & 0x00ff_ffff;
+    const lo = (view.getUint32(at + 4) & 0xffff_fe00) >>> 0;
+    if (hi !== 0 || lo !== 0) out.push(hi * 0x1_0000_0000 + lo);
+  }
+  return out;
+}
+
+/** A snapshot table entry's L1 table location as stored (what the engine's snapshot state holds). */
+export interface StoredSnapshotL1 {
+  readonly l1OffsetHi: number;
+  readonly l1OffsetLo: number;
+  readonly l1Size: number;
+}
+
+function l1Key(offset: number, size: number): string {
+  return `${offset}/${size}`;
 }
 
 /** What the guard asks of the image: its corrupt state, and marking it corrupt. */
@@ -329,9 +347,12 @@ export class ImageOverlapGuard {
   readonly checker: OverlapChecker;
   readonly guard: WriteGuard | undefined;
   #image: GuardedImage | undefined;
+  /** 'inactive-l2': the L2 table offsets of each snapshot L1 table (by offset and size). */
+  #inactive: Map<string, number[]>;
 
-  private constructor(checker: OverlapChecker, externalDataFile: boolean) {
+  private constructor(checker: OverlapChecker, externalDataFile: boolean, inactive: Map<string, number[]>) {
     this.checker = checker;
+    this.#inactive = inactive;
     const sink: CorruptionSink = {
       refusal: () => this.#image?.refusal(),
       signalCorruption: (message, offset, length) =>
@@ -343,7 +364,11 @@ export class ImageOverlapGuard {
 
   /** Sets up the checks; reads the snapshots' L1 tables when inactive L2 tables are checked. */
   static async open(storage: Storage, o: ImageOverlapOptions): Promise<ImageOverlapGuard> {
-    const inactiveL2 = (o.mask & INACTIVE_L2) !== 0 ? await readInactiveL2Offsets(storage, o.snapshotL1s, o.clusterSize) : [];
+    const inactive = new Map<string, number[]>();
+    if ((o.mask & INACTIVE_L2) !== 0) {
+      for (const sn of o.snapshotL1s) inactive.set(l1Key(sn.offset, sn.size), await readInactiveL2Offsets(storage, [sn], o.clusterSize));
+    }
+    const inactiveL2 = [...inactive.values()].flat();
     let self: ImageOverlapGuard | undefined;
     const dir = o.bitmapDirectory;
     const checker = new OverlapChecker({
@@ -355,7 +380,7 @@ export class ImageOverlapGuard {
       inactiveL2,
       bitmapDirectory: () => (dir !== undefined && ((self === undefined ? 0n : self.#autoclear()) & AUTOCLEAR_BITMAPS) !== 0n ? dir : undefined),
     });
-    self = new ImageOverlapGuard(checker, o.externalDataFile);
+    self = new ImageOverlapGuard(checker, o.externalDataFile, inactive);
     return self;
   }
 
@@ -371,6 +396,38 @@ export class ImageOverlapGuard {
 
   #autoclear(): bigint {
     return this.#image?.autoclearFeatures ?? 0n;
+  }
+
+  /**
+   * The snapshot table changed (called as soon as the header points at the new one, before any
+   * cluster the operation frees is freed): the checks follow its place, the snapshots' L1 tables
+   * and (for 'inactive-l2') their L2 tables, known without reading the file — those of a deleted
+   * snapshot are dropped, those of a `created` one taken from its L1 bytes. Synchronous, so the
+   * view never lags behind while guest writes may run.
+   */
+  followSnapshots(
+    table: { readonly offset: number; readonly length: number },
+    snapshots: readonly StoredSnapshotL1[],
+    created?: { readonly offset: number; readonly bytes: Uint8Array },
+  ): void {
+    const l1s = snapshots.map((sn) => ({ offset: sn.l1OffsetHi * 0x1_0000_0000 + sn.l1OffsetLo, size: sn.l1Size }));
+    const tracked = (this.checker.mask & INACTIVE_L2) !== 0;
+    if (tracked && created !== undefined) {
+      this.#inactive.set(l1Key(created.offset, created.bytes.byteLength / L1_ENTRY_SIZE), l2OffsetsOf(created.bytes));
+    }
+    const kept = new Map<string, number[]>();
+    const l2: number[] = [];
+    if (tracked) {
+      for (const sn of l1s) {
+        const key = l1Key(sn.offset, sn.size);
+        const offsets = this.#inactive.get(key);
+        if (offsets === undefined || kept.has(key)) continue;
+        kept.set(key, offsets);
+        l2.push(...offsets);
+      }
+    }
+    this.#inactive = kept;
+    this.checker.setSnapshots(table, l1s, l2);
   }
 
   connect(refcounts: Refcounts, image: GuardedImage): void {

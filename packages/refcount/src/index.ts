@@ -10,7 +10,7 @@ export type { AddReference, ExpectedRefcounts, ExpectedRefcountsOptions, Referen
 export { compareRefcounts, fixRefcounts } from './compare.js';
 export type { FixRefcountsResult, RefcountComparison, RefcountMismatch } from './compare.js';
 export { rebuildRefcountStructure } from './rebuild.js';
-export type { RebuildOptions, RebuildResult } from './rebuild.js';
+export type { RebuildOptions, RebuildResult, RebuildWriteGuard } from './rebuild.js';
 export { writeInitialRefcountStructure } from './initial-structure.js';
 export type { InitialRefcountStructure, InitialRefcountStructureOptions } from './initial-structure.js';
 export { HEADER_REFCOUNT_TABLE_OFFSET, writeRefcountTableHeaderFields } from './io.js';

@@ -20,7 +20,19 @@ export interface RebuildOptions {
   readonly avoid?: readonly (readonly [offset: number, length: number])[];
   /** Points the header at the new table; default: write the two header fields at offset 48. */
   readonly onTableMoved?: TableMovedCallback;
+  /**
+   * qemu's qcow2_pre_write_overlap_check before each refcount block and the table are written
+   * (no structure ignored: they go to new places). A refusal rejects and nothing more is written
+   * (the header still points at the old structure).
+   */
+  readonly writeGuard?: RebuildWriteGuard;
 }
+
+/**
+ * The overlap check of a rebuild's write: undefined when it may go ahead, else a promise that
+ * rejects. `what` is qemu's name for it in "ERROR writing refblock" / "ERROR writing reftable".
+ */
+export type RebuildWriteGuard = (offset: number, length: number, what: 'refblock' | 'reftable') => Promise<never> | undefined;
 
 export interface RebuildResult {
   readonly tableOffset: number;
@@ -146,8 +158,11 @@ export async function rebuildRefcountStructure(options: RebuildOptions): Promise
     entries = wanted;
   };
 
+  const guard = options.writeGuard;
   const writeBlock = async (index: number): Promise<void> => {
     const offset = table[index]!;
+    const refused = guard?.(offset, cs, 'refblock');
+    if (refused !== undefined) await refused;
     await writeAt(storage, counts.blockBytes(index), offset, `refcount block ${index} at ${hex(offset)}`);
     blocksWritten++;
   };
@@ -211,6 +226,8 @@ export async function rebuildRefcountStructure(options: RebuildOptions): Promise
     view.setUint32(i * 8, Math.floor(offset / 0x1_0000_0000));
     view.setUint32(i * 8 + 4, offset >>> 0);
   }
+  const refused = guard?.(tableOffset, bytes.length, 'reftable');
+  if (refused !== undefined) await refused;
   await writeAt(storage, bytes, tableOffset, `rebuilt refcount table at ${hex(tableOffset)}`);
   await flushStorage(storage, 'rebuilt refcount structure');
   try {

@@ -476,11 +476,13 @@ export class Refcounts {
       }
       await this.cache.clear();
       const avoid = this.structure().map((r) => [r.offset, r.length] as const);
+      const guard = this.#guard;
       const result = await rebuildRefcountStructure({
         storage: this.storage,
         counts,
         avoid,
         onTableMoved: this.#onTableMoved,
+        ...(guard === undefined ? {} : { writeGuard: (offset: number, length: number) => guard(offset, length) }),
       });
       this.#adoptTable(result.tableOffset, result.table);
       this.#freeClusterIndex = 0;

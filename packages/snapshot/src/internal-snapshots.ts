@@ -1,4 +1,4 @@
-import type { TableCache } from '@qcow2/cache';
+import type { TableCache, WriteGuard } from '@qcow2/cache';
 import { readFully, type ActiveL1Table } from '@qcow2/cluster';
 import {
   encodeString,
@@ -16,7 +16,7 @@ import type { Refcounts } from '@qcow2/refcount';
 import type { Storage } from '@qcow2/storage';
 import { findSnapshotByIdOrName, findSnapshotByName, nextSnapshotId } from './snapshot-lookup.js';
 import { updateSnapshotRefcount, type RefcountWalkContext, type WalkedL1 } from './snapshot-refcount.js';
-import { writeSnapshotTable, type SnapshotTableLocation } from './snapshot-table-write.js';
+import { writeSnapshotTable, type SnapshotTableLocation, type SnapshotTableWriter } from './snapshot-table-write.js';
 import { snapshotL1Offset, storedSnapshot, type StoredSnapshot } from './stored-snapshot.js';
 
 /** The snapshot table as the image has it now; changed in place by {@link InternalSnapshots}. */
@@ -49,6 +49,20 @@ export interface InternalSnapshotsOptions {
   readonly name?: string;
   /** The wall clock for new snapshots (default Date.now, as qemu-img's g_get_real_time in µs). */
   readonly now?: () => { sec: number; nsec: number };
+  /**
+   * qemu's qcow2_pre_write_overlap_check before the writes qcow2-snapshot.c checks: a new
+   * snapshot's L1 table and a new snapshot table (nothing ignored: they go to new clusters) and
+   * the active L1 table overwritten by an apply ('active-l1' ignored). A refusal stops the
+   * operation with the guard's error.
+   */
+  readonly writeGuard?: WriteGuard;
+  /**
+   * Runs (synchronously) as soon as the header points at a new snapshot table, before the old
+   * table or any snapshot cluster is freed — also when the operation fails afterwards — so that
+   * metadata overlap checks never protect clusters the operation frees. `created` is the L1 table
+   * of a snapshot just created (its bytes as written).
+   */
+  readonly onTableChanged?: (state: SnapshotTableState, created?: { readonly offset: number; readonly bytes: Uint8Array }) => void;
 }
 
 export interface CreateSnapshotOptions {
@@ -160,8 +174,13 @@ export class InternalSnapshots {
     const l1Offset = size > 0 ? await o.refcounts.allocClusters(Math.ceil((size * L1_ENTRY_SIZE) / cs)) : 0;
     const active = (): WalkedL1 => ({ offset: l1.offset, bytes: l1.bytes });
     let raised = false;
+    let switched = false;
     try {
-      if (size > 0) await io(() => o.storage.write(copy, l1Offset), `${failed}: snapshot L1 table at ${hex(l1Offset)}: write`);
+      if (size > 0) {
+        const refused = o.writeGuard?.(l1Offset, size * L1_ENTRY_SIZE);
+        if (refused !== undefined) await refused;
+        await io(() => o.storage.write(copy, l1Offset), `${failed}: snapshot L1 table at ${hex(l1Offset)}: write`);
+      }
       await updateSnapshotRefcount(this.#ctx, active(), 1);
       raised = true;
       const entry: SnapshotEntry = {
@@ -180,10 +199,15 @@ export class InternalSnapshots {
       };
       const sn = storedSnapshot(entry);
       const list = [...state.snapshots, sn];
-      state.location = await writeSnapshotTable(this.#writer(), list, state.location, state.virtualSize);
-      state.snapshots = list;
+      await writeSnapshotTable(this.#writer(), list, state.location, state.virtualSize, (location) => {
+        switched = true;
+        this.#switched(location, list, { offset: l1Offset, bytes: copy });
+      });
       return sn;
     } catch (error) {
+      // The header names the new snapshot: its L1 table and references stay (freeing the old
+      // table failed, which only leaks it).
+      if (switched) throw error;
       // Undo what is not referenced (qemu leaks it): the raised refcounts, then the L1 copy.
       if (raised) {
         await updateSnapshotRefcount(this.#ctx, { offset: l1.offset, bytes: l1.bytes.slice() }, -1).catch(() => undefined);
@@ -228,6 +252,8 @@ export class InternalSnapshots {
     await updateSnapshotRefcount(this.#ctx, { offset: snOffset, bytes: snBytes.slice() }, 1);
     try {
       if (next.length > 0) {
+        const refused = o.writeGuard?.(l1.offset, next.length, 'active-l1');
+        if (refused !== undefined) await refused;
         await io(() => o.storage.write(next, l1.offset), `${failed}: active L1 table at ${hex(l1.offset)}: write`);
         await io(() => o.storage.flush(), `${failed}: active L1 table: flush`);
       }
@@ -265,16 +291,24 @@ export class InternalSnapshots {
     const snBytes = new Uint8Array(sn.l1Size * L1_ENTRY_SIZE);
     if (snBytes.length > 0) await readFully(o.storage, snBytes, snOffset);
     const list = state.snapshots.filter((_, i) => i !== index);
-    state.location = await writeSnapshotTable(this.#writer(), list, state.location, state.virtualSize);
-    state.snapshots = list;
+    await writeSnapshotTable(this.#writer(), list, state.location, state.virtualSize, (location) => this.#switched(location, list));
     // From here on a failure only leaks clusters (as in qemu).
     await updateSnapshotRefcount(this.#ctx, { offset: snOffset, bytes: snBytes }, -1);
     if (snBytes.length > 0) await o.refcounts.free(snOffset, snBytes.length, 'snapshot');
     await updateSnapshotRefcount(this.#ctx, { offset: o.l1.offset, bytes: o.l1.bytes }, 0);
   }
 
-  #writer(): { storage: Storage; refcounts: Refcounts; l2Cache: TableCache; what: string } {
-    return { storage: this.#o.storage, refcounts: this.#o.refcounts, l2Cache: this.#o.l2Cache, what: this.#what };
+  #writer(): SnapshotTableWriter {
+    const o = this.#o;
+    return { storage: o.storage, refcounts: o.refcounts, l2Cache: o.l2Cache, what: this.#what, writeGuard: o.writeGuard };
+  }
+
+  /** The header points at the new table: the state (and whoever follows it) knows at once. */
+  #switched(location: SnapshotTableLocation, list: StoredSnapshot[], created?: { offset: number; bytes: Uint8Array }): void {
+    const state = this.#o.state;
+    state.location = location;
+    state.snapshots = list;
+    this.#o.onTableChanged?.(state, created);
   }
 
   /** qemu's qcow2_co_truncate as far as applying a snapshot needs it (the L1 table is replaced after). */

@@ -11,7 +11,7 @@ import {
   unsupported,
 } from '@qcow2/format';
 import type { Refcounts } from '@qcow2/refcount';
-import type { TableCache } from '@qcow2/cache';
+import type { TableCache, WriteGuard } from '@qcow2/cache';
 import type { Storage } from '@qcow2/storage';
 import { entryForWrite, type StoredSnapshot } from './stored-snapshot.js';
 
@@ -69,13 +69,16 @@ export interface SnapshotTableWriter {
   readonly l2Cache: TableCache;
   /** Names the image in messages. */
   readonly what: string;
+  /** qemu's qcow2_pre_write_overlap_check before the new table is written (nothing ignored). */
+  readonly writeGuard?: WriteGuard | undefined;
 }
 
 /**
  * Rewrites the snapshot table crash-safely (qemu's qcow2_write_snapshots): new clusters are
  * allocated and every cached table made durable, the new table written and flushed, then the
  * header's nb_snapshots and snapshots_offset are written together and flushed, and only then
- * the old table is freed (pass-discard-snapshot). On failure before the header changed, the new
+ * the old table is freed (pass-discard-snapshot); `onSwitched` runs between the two. The new
+ * table's write passes `writeGuard` first. On failure before the header changed, the new
  * clusters are freed again. An empty table is written as offset 0.
  */
 export async function writeSnapshotTable(
@@ -83,6 +86,7 @@ export async function writeSnapshotTable(
   snapshots: readonly StoredSnapshot[],
   old: SnapshotTableLocation,
   currentDiskSize: number,
+  onSwitched?: (location: SnapshotTableLocation) => void,
 ): Promise<SnapshotTableLocation> {
   const { bytes, length } = encodeSnapshotTableForWrite(snapshots, currentDiskSize);
   const cs = w.refcounts.clusterSize;
@@ -93,6 +97,8 @@ export async function writeSnapshotTable(
     await w.l2Cache.writeBack();
     await w.refcounts.flush();
     if (length > 0) {
+      const refused = w.writeGuard?.(offset, length);
+      if (refused !== undefined) await refused;
       await io(() => w.storage.write(bytes, offset), `${w.what}: new snapshot table at ${hex(offset)}: write`);
     }
     await io(() => w.storage.flush(), `${w.what}: new snapshot table: flush`);
@@ -108,8 +114,12 @@ export async function writeSnapshotTable(
     if (offset > 0 && !headerWritten) await w.refcounts.free(offset, length, 'always').catch(() => undefined);
     throw error;
   }
+  // The header points at the new table: from here on that is the table (whatever happens while
+  // the old one is freed), so the caller's view follows before any cluster is freed.
+  const location = { offset, length };
+  onSwitched?.(location);
   if (old.length > 0) await w.refcounts.free(old.offset, old.length, 'snapshot');
-  return { offset, length };
+  return location;
 }
 
 async function io(fn: () => Promise<void>, what: string): Promise<void> {
