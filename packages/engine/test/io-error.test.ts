@@ -41,7 +41,14 @@ const RUNS: WorkloadConfig[] = [
   { ...base, seed: 206, clusterBits: 12, refcountOrder: 4, lazy: false, backing: 'raw', clusters: 24, version: 2, cut: 2 },
 ];
 
-const totals = { swallowed: [] as string[], runs: 0, repairInjected: 0, createInjected: 0, injected: 0, surfaced: 0, notReached: 0, crashStates: 0, corruptions: 0, lost: 0, leaks: 0 };
+/** Snapshot workloads (seeds whose ops create, apply and delete) and the faults tried per kind inside their snapshot operations. */
+const SNAPSHOT_RUNS: WorkloadConfig[] = [
+  { ...base, seed: 258, clusterBits: 12, refcountOrder: 4, lazy: false, backing: 'none', clusters: 32, snapshots: true },
+  { ...base, seed: 255, clusterBits: 9, refcountOrder: 3, lazy: true, backing: 'qcow2', clusters: 96, snapshots: true, l2Small: true },
+];
+const SNAPSHOT_PER_KIND = 60;
+
+const totals = { snapshotInjected: 0, swallowed: [] as string[], runs: 0, repairInjected: 0, createInjected: 0, injected: 0, surfaced: 0, notReached: 0, crashStates: 0, corruptions: 0, lost: 0, leaks: 0 };
 const unhandled: unknown[] = [];
 const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
 process.on('unhandledRejection', onUnhandled);
@@ -81,6 +88,8 @@ interface Outcome {
   /** The fault fired and some call rejected with it (not swallowed). */
   surfaced: boolean;
   calls: Record<StorageCallKind, number>;
+  /** Per kind, the call numbers (1-based, [first, last]) each snapshot operation made. */
+  snapshotCalls: Record<StorageCallKind, [number, number][]>;
 }
 
 /** One workload run with the Nth call of `kind` failing (none when `n` is 0). */
@@ -98,7 +107,13 @@ async function runWithFault(
   const ops = workloadOps(c);
   const model = new Model(c, fresh.base);
   /** The last completed flush: the model then and the ops since (their guest ranges). */
-  let durable: Durable = { model: model.bytes.slice(), since: [] };
+  /** Snapshots known to exist (created, not deleted, by operations that completed). */
+  const live = new Set<string>();
+  const snapshotsNow = (): NonNullable<Durable['snapshots']> => ({ contents: model.snapshotContents, mustExist: [...live] });
+  let durable: Durable = { model: model.bytes.slice(), since: [], snapshots: snapshotsNow() };
+  /** Snapshots whose create or delete failed: they may or may not be there. */
+  const uncertain = new Set<string>();
+  const snapshotCalls = Object.fromEntries(KINDS.map((k) => [k, [] as [number, number][]])) as Record<StorageCallKind, [number, number][]>;
   /** Guest ranges of ops that failed: their content is unknown. */
   const failedRanges: [number, number][] = [];
   let failure: { at: number; durable: Durable; where: string } | undefined;
@@ -108,7 +123,7 @@ async function runWithFault(
       problems.push(`${where}: expected the injected fault as Qcow2Error IO, got ${isQcow2Error(error) ? `${error.code} ` : ''}${String(error)}`);
     }
     if (failure === undefined) {
-      failure = { at: log.length, durable: { model: durable.model, since: durable.since.slice() }, where };
+      failure = { at: log.length, durable: { ...durable, since: durable.since.slice() }, where };
     }
     // A transient fault: the rest runs without it.
     faulty.arm(undefined);
@@ -125,6 +140,7 @@ async function runWithFault(
       const ranges = model.touched(op);
       durable.since.push(...ranges);
       const sinceBefore = durable.since.length - ranges.length;
+      const callsBefore = { ...faulty.calls };
       try {
         // Reads check the model only where no failed op left unknown bytes.
         const reads = op.kind === 'read' ? [op] : op.kind === 'batch' ? op.ops.filter((o) => o.kind === 'read') : [];
@@ -138,10 +154,36 @@ async function runWithFault(
             },
           }),
         );
-        if (op.kind === 'flush') durable = { model: model.bytes.slice(), since: [] };
+        if (op.kind === 'snapshot') {
+          // A snapshot operation flushes everything before and after its own steps.
+          if (op.action === 'create') live.add(op.name);
+          if (op.action === 'delete') live.delete(op.name);
+          uncertain.delete(op.name);
+          for (const kind of KINDS) snapshotCalls[kind].push([callsBefore[kind] + 1, faulty.calls[kind]]);
+        }
+        if (op.kind === 'flush' || op.kind === 'snapshot') durable = { model: model.bytes.slice(), since: [], snapshots: snapshotsNow() };
       } catch (error) {
+        if (op.kind === 'snapshot' && uncertain.has(op.name) && isQcow2Error(error) && error.code === 'NOT_FOUND') {
+          // An earlier failed create or delete of it left it out: nothing happened.
+          continue;
+        }
+        if (op.kind === 'snapshot') {
+          uncertain.add(op.name);
+          if (op.action === 'delete') {
+            // It may be gone already.
+            live.delete(op.name);
+            const snaps = durable.snapshots!;
+            durable = { ...durable, snapshots: { contents: snaps.contents, mustExist: snaps.mustExist.filter((n) => n !== op.name) } };
+          }
+        }
         failed(error, `op ${i} ${JSON.stringify(op)}`);
         failedRanges.push(...ranges);
+        if (op.kind === 'snapshot' && op.action === 'apply') {
+          // The active disk is the snapshot's or the old one: the model follows what the image
+          // reads now (snapshots created later must hold that).
+          const now = await image.readBytes(0, model.bytes.length).catch(() => undefined);
+          if (now !== undefined) model.bytes.set(now);
+        }
       }
     }
     try {
@@ -171,7 +213,7 @@ async function runWithFault(
   // What the engine left after the rest of the workload and close.
   const left = inner.snapshot();
   const closeFailed = failure?.where === 'close' || failure?.where === 'open';
-  const final: Durable = closeFailed && failure !== undefined ? failure.durable : { model: model.bytes, since: failedRanges };
+  const final: Durable = closeFailed && failure !== undefined ? failure.durable : { model: model.bytes, since: failedRanges, snapshots: snapshotsNow() };
   if (failure?.where === 'open') {
     // Nothing ran: the file is as it was, or as a crash during the open's own writes left it.
     if (isDirty(left) && !c.lazy) problems.push('dirty after a failed open');
@@ -185,7 +227,7 @@ async function runWithFault(
     const { lost } = lostBytes(after.reopened.length > 0 ? await contentOf(after.reopened, c, fresh.backing) : new Uint8Array(), final);
     if (lost > 0) problems.push(`${lost} bytes differ from the model after a clean run`);
   }
-  return { problems, fired: faulty.fired !== undefined, surfaced: failure !== undefined, calls: { ...faulty.calls } };
+  return { problems, fired: faulty.fired !== undefined, surfaced: failure !== undefined, calls: { ...faulty.calls }, snapshotCalls };
 }
 
 async function contentOf(file: Uint8Array, c: WorkloadConfig, backing: Uint8Array | undefined): Promise<Uint8Array> {
@@ -207,7 +249,7 @@ describe('I/O errors at every storage call of a write workload surface as Qcow2E
   afterAll(() => {
     process.off('unhandledRejection', onUnhandled);
     console.log(
-      `io-error totals: ${totals.runs} runs, ${totals.injected} injected failures in workloads, ${totals.repairInjected} in repairs, ${totals.createInjected} in createImage (${totals.surfaced} surfaced as Qcow2Error IO, ${totals.swallowed.length} absorbed by the engine: ${totals.swallowed.slice(0, 5).join('; ')}), ` +
+      `io-error totals: ${totals.runs} runs, ${totals.injected} injected failures in workloads (${totals.snapshotInjected} in snapshot workloads), ${totals.repairInjected} in repairs, ${totals.createInjected} in createImage (${totals.surfaced} surfaced as Qcow2Error IO, ${totals.swallowed.length} absorbed by the engine: ${totals.swallowed.slice(0, 5).join('; ')}), ` +
         `${totals.crashStates} crash states checked; corruptions found ${totals.corruptions}, flushed bytes lost ${totals.lost}, ` +
         `leaked clusters ${totals.leaks}; unhandled rejections ${unhandled.length}`,
     );
@@ -229,6 +271,39 @@ describe('I/O errors at every storage call of a write workload surface as Qcow2E
           if (out.surfaced) totals.surfaced += 1;
           else if (out.fired) totals.swallowed.push(`${describeConfig(c)}: ${kind} #${n}`);
           else problems.push(`${kind} #${n}: the fault never fired (the workload made ${out.calls[kind]} ${kind} calls, ${clean.calls[kind]} without faults)`);
+          for (const p of out.problems) problems.push(`${kind} #${n}: ${p}`);
+        }
+      }
+      totals.runs += 1;
+      console.log(`io-error, ${describeConfig(c)}: calls ${JSON.stringify(clean.calls)}, failures tried ${JSON.stringify(tried)}, ${problems.length} problems`);
+      expect(problems.slice(0, 12)).toEqual([]);
+      expect(unhandled.map(String)).toEqual([]);
+    });
+  }
+
+  // Snapshot create/apply/delete among the writes: every call each snapshot operation makes fails
+  // in turn (up to SNAPSHOT_PER_KIND per kind), and a sparse sample of the rest.
+  for (const c of SNAPSHOT_RUNS) {
+    it(`${describeConfig(c)}: every read, write and flush of each snapshot create/apply/delete failing in turn`, async () => {
+      const fresh = await freshWorkloadImage(c);
+      const clean = await runWithFault(c, fresh, 'read', 0);
+      expect(clean.problems, 'the workload without a fault').toEqual([]);
+      const actions = new Set(workloadOps(c).flatMap((op) => (op.kind === 'snapshot' ? [op.action] : [])));
+      expect([...actions].sort(), 'the workload creates, applies and deletes').toEqual(['apply', 'create', 'delete']);
+      const problems: string[] = [];
+      const tried: Record<string, number> = {};
+      for (const kind of KINDS) {
+        const inside = clean.snapshotCalls[kind].flatMap(([a, b]) => Array.from({ length: Math.max(0, b - a + 1) }, (_, i) => a + i));
+        const ns = [...new Set([...sample(inside.length, SNAPSHOT_PER_KIND).map((i) => inside[i - 1]!), ...sample(clean.calls[kind], 8)])].sort((a, b) => a - b);
+        if (kind !== 'truncate' && kind !== 'discard') expect(inside.length, `${kind} calls inside snapshot operations`).toBeGreaterThan(0);
+        tried[kind] = ns.length;
+        for (const n of ns) {
+          const out = await runWithFault(c, fresh, kind, n);
+          totals.injected += 1;
+          totals.snapshotInjected += 1;
+          if (out.surfaced) totals.surfaced += 1;
+          else if (out.fired) totals.swallowed.push(`${describeConfig(c)}: ${kind} #${n}`);
+          else problems.push(`${kind} #${n}: the fault never fired`);
           for (const p of out.problems) problems.push(`${kind} #${n}: ${p}`);
         }
       }

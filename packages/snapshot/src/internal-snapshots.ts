@@ -250,16 +250,25 @@ export class InternalSnapshots {
     // (qemu copies the snapshot's flags as they are and fixes them only in that pass).
     next.set(withoutCopied(snBytes.slice()));
     await updateSnapshotRefcount(this.#ctx, { offset: snOffset, bytes: snBytes.slice() }, 1);
-    try {
-      if (next.length > 0) {
+    if (next.length > 0) {
+      try {
         const refused = o.writeGuard?.(l1.offset, next.length, 'active-l1');
         if (refused !== undefined) await refused;
         await io(() => o.storage.write(next, l1.offset), `${failed}: active L1 table at ${hex(l1.offset)}: write`);
-        await io(() => o.storage.flush(), `${failed}: active L1 table: flush`);
+      } catch (error) {
+        // The file still holds the old table: the new references are undone.
+        await updateSnapshotRefcount(this.#ctx, { offset: snOffset, bytes: snBytes.slice() }, -1).catch(() => undefined);
+        throw error;
       }
-    } catch (error) {
-      await updateSnapshotRefcount(this.#ctx, { offset: snOffset, bytes: snBytes.slice() }, -1).catch(() => undefined);
-      throw error;
+      try {
+        await io(() => o.storage.flush(), `${failed}: active L1 table: flush`);
+      } catch (error) {
+        // The write went through but is not known durable: the file may hold either table.
+        // The new one is taken (its references stay raised, the old table's are kept: at worst
+        // leaks), never undone, which could leave the file's table above its refcounts.
+        l1.replace(l1.offset, size, next);
+        throw error;
+      }
     }
     const old = l1.bytes.slice();
     try {

@@ -77,7 +77,8 @@ export interface SnapshotTableWriter {
  * Rewrites the snapshot table crash-safely (qemu's qcow2_write_snapshots): new clusters are
  * allocated and every cached table made durable, the new table written and flushed, then the
  * header's nb_snapshots and snapshots_offset are written together and flushed, and only then
- * the old table is freed (pass-discard-snapshot); `onSwitched` runs between the two. The new
+ * the old table is freed (pass-discard-snapshot); `onSwitched` runs between the two (and when
+ * the header write or its flush fails, since the file may then name either table). The new
  * table's write passes `writeGuard` first. On failure before the header changed, the new
  * clusters are freed again. An empty table is written as offset 0.
  */
@@ -111,7 +112,15 @@ export async function writeSnapshotTable(
     await io(() => w.storage.write(header, HEADER_NB_SNAPSHOTS_AT), `${w.what}: header nb_snapshots and snapshots_offset at 0x3c: write`);
     await io(() => w.storage.flush(), `${w.what}: header nb_snapshots and snapshots_offset: flush`);
   } catch (error) {
-    if (offset > 0 && !headerWritten) await w.refcounts.free(offset, length, 'always').catch(() => undefined);
+    if (!headerWritten) {
+      if (offset > 0) await w.refcounts.free(offset, length, 'always').catch(() => undefined);
+      throw error;
+    }
+    // The header write or its flush failed: the file may name the new table (a later flush, or
+    // the storage itself, can still make it durable). The new table is complete and durable, so
+    // it is taken as the table (the old one is kept, only leaked if the header did switch): an
+    // undo of what the new table references could leave references above their refcounts.
+    onSwitched?.({ offset, length });
     throw error;
   }
   // The header points at the new table: from here on that is the table (whatever happens while
