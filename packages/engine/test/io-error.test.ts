@@ -8,13 +8,14 @@
  * operation's bytes in place.
  */
 import { isQcow2Error, Qcow2Error } from '@qcow2/format';
-import { createMemoryStorage } from '@qcow2/storage';
+import { createMemoryStorage, type Storage } from '@qcow2/storage';
 import { createFaultyStorage, createRecordingStorage, replayStorageLog, type StorageCallKind, type StorageOp } from '@qcow2/test-utils';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkImage, createImage, openImage, type Image } from '../src/index.js';
 import {
   checkCrashedFile,
   describeConfig,
+  equalBytes,
   freshWorkloadImage,
   isDirty,
   lostBytes,
@@ -313,6 +314,71 @@ describe('I/O errors at every storage call of a write workload surface as Qcow2E
       expect(unhandled.map(String)).toEqual([]);
     });
   }
+
+  it('regression: a flush failing right after the header switch of a create, or after the applied active L1 write, leaves no reference above its refcount', async () => {
+    const c: WorkloadConfig = { ...base, seed: 1, clusterBits: 12, refcountOrder: 4, lazy: false, backing: 'none', clusters: 16 };
+    for (const action of ['create', 'apply'] as const) {
+      const fresh = await freshWorkloadImage(c);
+      const data = new Uint8Array(3 * 4096).fill(0x5a);
+      /** Runs the steps; the flush after the write that `target` picks fails when `failFlush` is set. */
+      const run = async (failFlush: number): Promise<{ file: Uint8Array; flushAfter: number; error: unknown }> => {
+        const inner = createMemoryStorage({ initial: fresh.image });
+        const faulty = createFaultyStorage(inner, injectedError);
+        const l1 = Number(new DataView(fresh.image.buffer, fresh.image.byteOffset).getBigUint64(40));
+        let watching = false;
+        let flushAfter = 0;
+        // The flush call (1-based, as the faulty storage counts) after the header write of the
+        // new snapshot table (create) or the write of the whole active L1 table (apply).
+        const top: Storage = {
+          readOnly: false,
+          canDiscard: faulty.canDiscard,
+          read: (dst, offset) => faulty.read(dst, offset),
+          write: (src, offset) => {
+            if (watching && flushAfter === 0 && (action === 'create' ? offset === 60 : offset === l1 && src.length >= 8)) flushAfter = faulty.calls.flush + 1;
+            return faulty.write(src, offset);
+          },
+          size: () => faulty.size(),
+          truncate: (size) => faulty.truncate(size),
+          flush: () => faulty.flush(),
+          close: () => faulty.close(),
+          discard: (offset, length) => faulty.discard!(offset, length),
+        };
+        const image = await openImage(top, openOptions(c, fresh.backing));
+        await image.write(data, 0);
+        if (action === 'apply') {
+          await image.createSnapshot('s', { dateSec: 1, dateNsec: 0 });
+          await image.write(new Uint8Array(4096).fill(0x77), 4096);
+          await image.flush();
+        }
+        if (failFlush > 0) faulty.arm({ kind: 'flush', n: failFlush });
+        watching = true;
+        let error: unknown;
+        try {
+          if (action === 'create') await image.createSnapshot('s', { dateSec: 1, dateNsec: 0 });
+          else await image.applySnapshot('s');
+        } catch (e) {
+          error = e;
+        }
+        faulty.arm(undefined);
+        await image.close().catch(() => undefined);
+        return { file: inner.snapshot(), flushAfter, error };
+      };
+      const dry = await run(0);
+      expect(dry.error).toBeUndefined();
+      const hurt = await run(dry.flushAfter);
+      expect(isQcow2Error(hurt.error) && hurt.error.code === 'IO' && fromInjected(hurt.error, undefined), `${action}: ${String(hurt.error)}`).toBe(true);
+      expect(String(hurt.error)).toContain(action === 'create' ? 'header nb_snapshots and snapshots_offset: flush' : 'active L1 table: flush');
+      const r = await checkImage(createMemoryStorage({ initial: hurt.file, readOnly: true }));
+      expect({ action, corruptions: r.corruptions, checkErrors: r.checkErrors }).toEqual({ action, corruptions: 0, checkErrors: 0 });
+      // The guest data and the snapshot read back.
+      const image = await openImage(createMemoryStorage({ initial: hurt.file, readOnly: true }), openOptions(c, fresh.backing, true));
+      expect(image.snapshots.map((x) => x.name)).toEqual(['s']);
+      const snap = await image.openSnapshot('s');
+      expect(equalBytes(await snap.readBytes(0, data.length), data)).toBe(true);
+      await snap.close();
+      await image.close();
+    }
+  });
 
   /**
    * A file to repair and the guest content it holds: a lazy-refcounts workload left open
