@@ -69,14 +69,7 @@ export function createNodeHost(): CliHost {
         return withStorageClose(image, storage);
       } catch (error) {
         await storage.close().catch(() => undefined);
-        let reason = describeError(error);
-        const failure = failed as { name: string; error: unknown } | undefined;
-        if (failure !== undefined) {
-          // qemu: "Could not open 'top.qcow2': Could not open backing file: Could not open 'mid.qcow2': No such file or directory"
-          const what = /\bbacking file\b/.test(reason) ? 'Could not open backing file: ' : '';
-          reason = `${what}Could not open '${failure.name}': ${describeFileError(failure.error)}`;
-        }
-        throw new CliError(`Could not open '${filename}': ${reason}`, { cause: error });
+        throw openFailure(filename, error, failed);
       }
     },
 
@@ -140,6 +133,20 @@ interface WriteOpenOptions {
 }
 
 /** writethrough is writeback plus a flush after each write (the commands do that); none cannot bypass Node's page cache. */
+/**
+ * qemu's message for an image that did not open; `failed` is the file of the chain (backing or
+ * data file) whose opening failed, if one did: "Could not open 'top.qcow2': Could not open
+ * backing file: Could not open 'mid.qcow2': No such file or directory".
+ */
+export function openFailure(filename: string, error: unknown, failed: { name: string; error: unknown } | undefined): CliError {
+  let reason = describeError(error);
+  if (failed !== undefined) {
+    const what = /\bbacking file\b/.test(reason) ? 'Could not open backing file: ' : '';
+    reason = `${what}Could not open '${failed.name}': ${describeFileError(failed.error)}`;
+  }
+  return new CliError(`Could not open '${filename}': ${reason}`, { cause: error });
+}
+
 function engineCacheMode(mode: CacheMode): 'writeback' | 'unsafe' | 'none' {
   return mode === 'writethrough' ? 'writeback' : mode;
 }

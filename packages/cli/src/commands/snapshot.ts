@@ -6,6 +6,7 @@ import type { Context } from '../context.js';
 import { CliError, describeError, describeFileError, errnoOf, strerror } from '../errors.js';
 import { getopt } from '../getopt.js';
 import { snapshotLine } from '../image-info.js';
+import { openFailure } from '../node-host.js';
 import { imageFormat } from '../options.js';
 import { pathCombine } from '../path-combine.js';
 import { checkGetopt, usageError } from '../usage.js';
@@ -137,13 +138,7 @@ async function openForSnapshot(
     return { image, storage };
   } catch (error) {
     await storage.close().catch(() => undefined);
-    let reason = describeError(error);
-    const failure = failed as { name: string; error: unknown } | undefined;
-    if (failure !== undefined) {
-      const what = /\bbacking file\b/.test(reason) ? 'Could not open backing file: ' : '';
-      reason = `${what}Could not open '${failure.name}': ${describeFileError(failure.error)}`;
-    }
-    throw new CliError(`Could not open '${filename}': ${reason}`, { cause: error });
+    throw openFailure(filename, error, failed as { name: string; error: unknown } | undefined);
   }
 }
 
