@@ -150,6 +150,13 @@ function hasHostBits(hi: number, lo: number): boolean {
   return (hi & OFFSET_MASK_HI) !== 0 || (lo & OFFSET_MASK_LO) !== 0;
 }
 
+/** A request for `count` contiguous data clusters, served by one batch of a turn. */
+interface AllocRequest {
+  count: number;
+  resolve: (host: number) => void;
+  reject: (error: unknown) => void;
+}
+
 /** An L2 table slice pinned for changes, and the index of the wanted entry in it. */
 interface SliceRef {
   slice: CacheEntry;
@@ -194,6 +201,10 @@ export class ClusterWriter {
   #pending: [number, number, DiscardType][] = [];
   #inflight = 0;
   #idle: (() => void)[] = [];
+  /** The last `beforeChange` promise seen settled (fulfilled). */
+  #prepared: Promise<void> | undefined;
+  /** Data-cluster allocations waiting for this turn's batch (see #allocData). */
+  #allocs: AllocRequest[] = [];
   #closed = false;
 
   constructor(options: ClusterWriterOptions) {
@@ -364,9 +375,19 @@ export class ClusterWriter {
     if (length === 0) return;
     this.#inflight++;
     try {
-      if (this.#o.beforeChange !== undefined) await this.#o.beforeChange();
+      const before = this.#o.beforeChange;
+      if (before !== undefined) {
+        // The same promise again once it has settled: no need to wait a turn for it each time.
+        const prepared = before();
+        if (prepared !== this.#prepared) {
+          await prepared;
+          this.#prepared = prepared;
+        }
+      }
       const cs = this.clusterSize;
-      const lock = await this.#locks.acquire(Math.floor(offset / cs), Math.floor((offset + length - 1) / cs));
+      const first = Math.floor(offset / cs);
+      const last = Math.floor((offset + length - 1) / cs);
+      const lock = this.#locks.tryAcquire(first, last) ?? (await this.#locks.acquire(first, last));
       try {
         await body(offset, length);
       } finally {
@@ -394,6 +415,19 @@ export class ClusterWriter {
     if ((hi & ABOVE_2_53_HI) !== 0 || (hi & OFFSET_MASK_HI) === 0 && (lo & OFFSET_MASK_LO) === 0) return -1;
     const offset = (hi & OFFSET_MASK_HI) * TWO_POW_32 + ((lo & OFFSET_MASK_LO) >>> 0);
     return offset % this.clusterSize === 0 ? offset : -1;
+  }
+
+  /**
+   * {@link #slice} without waiting: undefined when the L2 table must be made writable first or
+   * the slice is not cached.
+   */
+  #sliceNow(offset: number): SliceRef | undefined {
+    const l2 = this.#writableL2(Math.floor(offset / this.#l1Span));
+    if (l2 < 0) return undefined;
+    const l2Index = Math.floor(offset / this.clusterSize) % this.#l2Entries;
+    const first = l2Index - (l2Index % this.#sliceEntries);
+    const slice = this.#cache.tryAcquire(l2 + first * this.#entrySize);
+    return slice === undefined ? undefined : { slice, index: l2Index - first };
   }
 
   /** The slice holding the entry of guest `offset`, in an L2 table that may be changed, pinned. */
@@ -515,7 +549,7 @@ export class ClusterWriter {
     const cs = this.clusterSize;
     const inCluster = offset % cs;
     const clusterStart = offset - inCluster;
-    const ref = await this.#slice(offset);
+    const ref = this.#sliceNow(offset) ?? (await this.#slice(offset));
     let count = 1;
     let keep: boolean;
     let words: Uint32Array;
@@ -550,7 +584,7 @@ export class ClusterWriter {
         return bytes;
       }
       await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow);
-      await this.#link(offset, count, host, cow, true);
+      if (!this.#linkNow(offset, count, host, cow, true)) await this.#link(offset, count, host, cow, true);
       return bytes;
     }
 
@@ -558,20 +592,61 @@ export class ClusterWriter {
     if (this.#dataFile) {
       host = clusterStart;
     } else {
-      host = await this.#refcounts.allocClusters(count);
+      host = await this.#allocData(count);
       if (host === 0) throw corrupt(`${this.#what}: data cluster for guest offset ${hex(clusterStart)} would be allocated at offset 0`);
     }
     // Never written: it reads as zeros already (checked now, before anything is written there).
     const fresh = this.#o.writtenEnd !== undefined && host + cow.from >= this.#o.writtenEnd();
     try {
-      await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow, fresh);
+      if (cow.from === inCluster && cow.to === inCluster + bytes) await this.#writeData(src.subarray(pos, pos + bytes), host + inCluster);
+      else await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow, fresh);
     } catch (error) {
       if (!this.#dataFile) await this.#refcounts.free(host, count * cs, 'never').catch(() => undefined);
       throw error;
     }
-    await this.#link(offset, count, host, cow, false);
+    if (!this.#linkNow(offset, count, host, cow, false)) await this.#link(offset, count, host, cow, false);
     return bytes;
   }
+
+  /**
+   * `count` contiguous data clusters (refcount 1). The allocations asked for in one turn (many
+   * writes in flight reach this point together) are served by one `allocClusters` of their
+   * total, handed out in request order: the same first-fit layout as one by one on an image
+   * without free holes, one refcount update instead of one per request (qemu's handle_alloc
+   * allocates per request too, without an await per cluster).
+   */
+  #allocData(count: number): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      this.#allocs.push({ count, resolve, reject });
+      if (this.#allocs.length === 1) void RESOLVED.then(this.#runAllocs);
+    });
+  }
+
+  readonly #runAllocs = (): void => {
+    const batch = this.#allocs;
+    this.#allocs = [];
+    if (batch.length === 1) {
+      const only = batch[0]!;
+      this.#refcounts.allocClusters(only.count).then(only.resolve, only.reject);
+      return;
+    }
+    let total = 0;
+    for (const r of batch) total += r.count;
+    const cs = this.clusterSize;
+    this.#refcounts.allocClusters(total).then(
+      (first) => {
+        let at = first;
+        for (const r of batch) {
+          // Offset 0 is refused by the caller: only the first request can get it.
+          r.resolve(at);
+          at += r.count * cs;
+        }
+      },
+      (error: unknown) => {
+        for (const r of batch) r.reject(error);
+      },
+    );
+  };
 
   /** qemu's cluster_needs_new_alloc: only clusters with refcount 1 (COPIED) are written in place. */
   #needsNewCluster(hi: number, lo: number): boolean {
@@ -707,6 +782,56 @@ export class ClusterWriter {
    * qemu's qcow2_alloc_cluster_link_l2: points the entries at the written clusters (COPIED set,
    * ZERO cleared, the written subclusters allocated), then frees what they pointed at before.
    */
+  /**
+   * {@link #link} in one synchronous step when it needs no wait (the L2 cache already depends on
+   * the refcount cache, which depends on nothing; the slice is cached and writable; nothing is
+   * freed): true when done, false when nothing was changed (then call #link).
+   */
+  #linkNow(offset: number, count: number, host: number, cow: CowBounds, keep: boolean): boolean {
+    const accurate = this.#o.accurateRefcounts?.() ?? true;
+    if (!keep && !this.#dataFile && accurate) {
+      const refcountCache = this.#refcounts.cache;
+      const current = this.#cache.dependency;
+      if ((current !== undefined && current !== refcountCache) || refcountCache.dependency !== undefined) return false;
+    }
+    const ref = this.#sliceNow(offset);
+    if (ref === undefined) return false;
+    try {
+      const b = ref.slice.bytes;
+      if (!keep) {
+        for (let i = 0; i < count; i++) {
+          const p = (ref.index + i) * this.#entrySize;
+          const hi = u32(b, p);
+          if (hasHostBits(hi, u32(b, p + 4)) || (hi & L2E_COMPRESSED_HI) !== 0) return false;
+        }
+      }
+      // Resolves at once: the dependency is already in place (checked above).
+      if (!keep && !this.#dataFile && accurate) void this.#cache.setDependency(this.#refcounts.cache);
+      this.#cache.dependOnStorageFlush();
+      this.#setEntries(b, ref.index, count, host, cow);
+      this.#cache.markDirty(ref.slice);
+    } finally {
+      this.#cache.release(ref.slice);
+    }
+    return true;
+  }
+
+  /** Points `count` entries from `index` of slice `b` at the clusters from `host` (see #link). */
+  #setEntries(b: Uint8Array, index: number, count: number, host: number, cow: CowBounds): void {
+    const cs = this.clusterSize;
+    for (let i = 0; i < count; i++) {
+      const p = (index + i) * this.#entrySize;
+      const at = host + i * cs;
+      setU32(b, p, (Math.floor(at / TWO_POW_32) | L2E_COPIED_HI) >>> 0);
+      setU32(b, p + 4, at >>> 0);
+      if (this.#extended) {
+        const [zeroBits, allocBits] = writtenBitmap(u32(b, p + 8), u32(b, p + 12), i, cow.from, cow.to, this.#clusterBits);
+        setU32(b, p + 8, zeroBits);
+        setU32(b, p + 12, allocBits);
+      }
+    }
+  }
+
   async #link(offset: number, count: number, host: number, cow: CowBounds, keep: boolean): Promise<void> {
     const accurate = this.#o.accurateRefcounts?.() ?? true;
     if (!keep && !this.#dataFile && accurate) await this.#cache.setDependency(this.#refcounts.cache);

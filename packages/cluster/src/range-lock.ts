@@ -36,6 +36,14 @@ export class RangeLock {
     return false;
   }
 
+  /**
+   * Locks `[first, last]` (inclusive) at once when nothing holds or waits for an overlapping
+   * range; else undefined (then {@link acquire} waits in line).
+   */
+  tryAcquire(first: number, last: number): RangeHandle | undefined {
+    return this.#free(first, last, this.#waiting.length) ? this.#grant(first, last) : undefined;
+  }
+
   /** Locks `[first, last]` (inclusive), waiting for overlapping holders and earlier waiters. */
   acquire(first: number, last: number): Promise<RangeHandle> {
     if (this.#free(first, last, this.#waiting.length)) return Promise.resolve(this.#grant(first, last));
