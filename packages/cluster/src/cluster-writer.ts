@@ -201,6 +201,8 @@ export class ClusterWriter {
   #pending: [number, number, DiscardType][] = [];
   #inflight = 0;
   #idle: (() => void)[] = [];
+  /** Scratch for #readWords. */
+  #words = new Uint32Array(64);
   /** The last `beforeChange` promise seen settled (fulfilled). */
   #prepared: Promise<void> | undefined;
   /** Data-cluster allocations waiting for this turn's batch (see #allocData). */
@@ -580,7 +582,7 @@ export class ClusterWriter {
     if (keep) {
       const host = this.#hostOf(words[0]!, words[1]!, clusterStart);
       if (cow.skip) {
-        await this.#writeData(src.subarray(pos, pos + bytes), host + inCluster);
+        await this.#writeData(pos === 0 && bytes === src.length ? src : src.subarray(pos, pos + bytes), host + inCluster);
         return bytes;
       }
       await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow);
@@ -598,8 +600,11 @@ export class ClusterWriter {
     // Never written: it reads as zeros already (checked now, before anything is written there).
     const fresh = this.#o.writtenEnd !== undefined && host + cow.from >= this.#o.writtenEnd();
     try {
-      if (cow.from === inCluster && cow.to === inCluster + bytes) await this.#writeData(src.subarray(pos, pos + bytes), host + inCluster);
-      else await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow, fresh);
+      if (cow.from === inCluster && cow.to === inCluster + bytes) {
+        await this.#writeData(pos === 0 && bytes === src.length ? src : src.subarray(pos, pos + bytes), host + inCluster);
+      } else {
+        await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow, fresh);
+      }
     } catch (error) {
       if (!this.#dataFile) await this.#refcounts.free(host, count * cs, 'never').catch(() => undefined);
       throw error;
@@ -672,16 +677,22 @@ export class ClusterWriter {
     return host;
   }
 
+  /**
+   * The entries' words, in a scratch array shared by all writes: valid until the caller next
+   * awaits (every use is synchronous, right after the read).
+   */
   #readWords(b: Uint8Array, index: number, count: number): Uint32Array {
-    const words = new Uint32Array(count * 4);
+    let words = this.#words;
+    if (words.length < count * 4) {
+      words = new Uint32Array(Math.max(count * 4, words.length * 2));
+      this.#words = words;
+    }
     for (let i = 0; i < count; i++) {
       const p = (index + i) * this.#entrySize;
       words[i * 4] = u32(b, p);
       words[i * 4 + 1] = u32(b, p + 4);
-      if (this.#extended) {
-        words[i * 4 + 2] = u32(b, p + 8);
-        words[i * 4 + 3] = u32(b, p + 12);
-      }
+      words[i * 4 + 2] = this.#extended ? u32(b, p + 8) : 0;
+      words[i * 4 + 3] = this.#extended ? u32(b, p + 12) : 0;
     }
     return words;
   }
@@ -720,7 +731,7 @@ export class ClusterWriter {
     const inCluster = offset - clusterStart;
     const headLength = inCluster - cow.from;
     const tailLength = cow.to - (inCluster + bytes);
-    const body = src.subarray(pos, pos + bytes);
+    const body = pos === 0 && bytes === src.length ? src : src.subarray(pos, pos + bytes);
     if (headLength === 0 && tailLength === 0) {
       await this.#writeData(body, host + inCluster);
       return;

@@ -15,15 +15,41 @@ function overlaps(aFirst: number, aLast: number, bFirst: number, bLast: number):
   return aFirst <= bLast && bFirst <= aLast;
 }
 
+/** A granted range: its place in the lock's held list, for removal in O(1). */
+class Held implements RangeHandle {
+  readonly first: number;
+  readonly last: number;
+  index: number;
+  readonly #lock: RangeLock;
+
+  constructor(lock: RangeLock, first: number, last: number, index: number) {
+    this.#lock = lock;
+    this.first = first;
+    this.last = last;
+    this.index = index;
+  }
+
+  release(): void {
+    if (this.index < 0) return;
+    this.#lock.unhold(this);
+  }
+}
+
 /**
  * Exclusive locks on ranges of integers (guest cluster indices): a request is granted when it
  * overlaps no held range and no earlier request still waiting, so overlapping requests are served
  * in the order they were made and disjoint ones run at the same time (qemu's in-flight
  * allocation dependencies, made coarser: a whole request waits, not just its overlapping part).
+ *
+ * Held ranges are kept unordered with bounds of their span, so the common case of a request
+ * beyond every held range (sequential I/O) is granted without a scan.
  */
 export class RangeLock {
-  #held: RangeHandle[] = [];
+  #held: Held[] = [];
   #waiting: Request[] = [];
+  /** No held range starts below this / ends above this (bounds, not exact while any is held). */
+  #low = Infinity;
+  #high = -Infinity;
 
   /** Ranges held or waited for. */
   get size(): number {
@@ -32,8 +58,7 @@ export class RangeLock {
 
   /** True when `[first, last]` overlaps a held range (for tests and the read path). */
   isLocked(first: number, last: number): boolean {
-    for (const h of this.#held) if (overlaps(first, last, h.first, h.last)) return true;
-    return false;
+    return !this.#freeOfHeld(first, last);
   }
 
   /**
@@ -50,9 +75,36 @@ export class RangeLock {
     return new Promise((resolve) => this.#waiting.push({ first, last, grant: resolve }));
   }
 
+  /** Releases `held` (called once, by Held.release). */
+  unhold(held: Held): void {
+    const list = this.#held;
+    const i = held.index;
+    held.index = -1;
+    const moved = list.pop()!;
+    if (moved !== held) {
+      list[i] = moved;
+      moved.index = i;
+    }
+    if (list.length === 0) {
+      this.#low = Infinity;
+      this.#high = -Infinity;
+    }
+    if (this.#waiting.length > 0) this.#wake();
+  }
+
+  #freeOfHeld(first: number, last: number): boolean {
+    if (first > this.#high || last < this.#low) return true;
+    const list = this.#held;
+    for (let i = 0; i < list.length; i++) {
+      const h = list[i]!;
+      if (first <= h.last && h.first <= last) return false;
+    }
+    return true;
+  }
+
   /** Free of held ranges and of the first `before` waiting requests. */
   #free(first: number, last: number, before: number): boolean {
-    for (const h of this.#held) if (overlaps(first, last, h.first, h.last)) return false;
+    if (!this.#freeOfHeld(first, last)) return false;
     for (let i = 0; i < before; i++) {
       const w = this.#waiting[i]!;
       if (overlaps(first, last, w.first, w.last)) return false;
@@ -61,20 +113,11 @@ export class RangeLock {
   }
 
   #grant(first: number, last: number): RangeHandle {
-    let released = false;
-    const handle: RangeHandle = {
-      first,
-      last,
-      release: () => {
-        if (released) return;
-        released = true;
-        const i = this.#held.indexOf(handle);
-        if (i >= 0) this.#held.splice(i, 1);
-        this.#wake();
-      },
-    };
-    this.#held.push(handle);
-    return handle;
+    const held = new Held(this, first, last, this.#held.length);
+    this.#held.push(held);
+    if (first < this.#low) this.#low = first;
+    if (last > this.#high) this.#high = last;
+    return held;
   }
 
   #wake(): void {
