@@ -381,6 +381,11 @@ class NodeFile implements NodeStorage {
       }
       return RESOLVED;
     }
+    if (blockers === undefined && src.length >= WRITE_RUN_MAX) {
+      // Joins no batch (a run stops at WRITE_RUN_MAX): to the pool now, without waiting for the
+      // tick's end (a copy's next write goes out as soon as the one before completes).
+      return this.#start(offset, end, () => this.#writeInPool(src, offset));
+    }
     if (blockers === undefined) {
       // Batched per tick: runs of file-contiguous writes go to the pool as one writev each.
       return this.#start(

@@ -545,6 +545,7 @@ async function copyInto(
     // A pipeline in guest order: up to READ_AHEAD chunks being read while the oldest is written.
     // Each chunk's buffer is taken in turn from a ring larger than the chunks that can hold one.
     const chunks = dataChunks(plans, zeroInit && minSparse !== 0);
+    const scanSparse = zeroInit ? minSparse : 0;
     const ahead: ChunkInFlight[] = [];
     const fill = (): void => {
       while (ahead.length < READ_AHEAD) {
@@ -556,7 +557,9 @@ async function copyInto(
           continue;
         }
         const buffer = ring.next().subarray(0, c.length);
-        const ready = read(c.source, buffer, c.pos, c.base);
+        // The zero scan runs as soon as the bytes are in, while earlier chunks are being written:
+        // the next write then goes out right when the one before completes.
+        const ready = read(c.source, buffer, c.pos, c.base).then(() => sparseSpans(buffer, scanSparse));
         ready.catch(() => undefined); // awaited in turn below; not an unhandled rejection meanwhile
         ahead.push({ chunk: c, buffer, ready });
       }
@@ -568,8 +571,8 @@ async function copyInto(
       if (buffer === undefined) {
         await run(() => image.writeZeroes(offset, c.length, { mayUnmap: true }));
       } else {
-        await ready;
-        await run(() => writeSparse(image, buffer, offset, zeroInit ? minSparse : 0, zeroInit));
+        const spans = (await ready) as Span[];
+        await run(() => writeSpans(image, buffer, offset, spans, zeroInit));
       }
       advance(c.length);
       fill();
@@ -603,8 +606,10 @@ interface ChunkInFlight {
   chunk: Chunk;
   /** The chunk's bytes once `ready` resolves; undefined for zeros. */
   buffer: Uint8Array | undefined;
-  ready: Promise<void> | undefined;
+  /** The chunk's data and zero runs, once read and scanned. */
+  ready: Promise<Span[]> | undefined;
 }
+
 
 /** The chunks to copy in guest order, at most CHUNK bytes each; zero extents skipped when `skipZeros`. */
 function* dataChunks(
@@ -677,23 +682,21 @@ function extentsIn<T extends { offset: number; length: number }>(extents: readon
   return out;
 }
 
+/** A run of a chunk: bytes to write, or (data false) zero sectors to leave out or write as zeros. */
+interface Span {
+  start: number;
+  end: number;
+  data: boolean;
+}
+
 /**
- * Writes `chunk` at `offset`, leaving out runs of zero sectors of at least `minSparse` bytes
- * (0: everything written); with `zeroInit` false (an existing target) those runs are written as
- * zeros instead.
+ * The runs of `chunk`: runs of zero sectors at least `minSparse` bytes long are zero spans, the
+ * rest data spans (`minSparse` 0: all of it one data span).
  */
-async function writeSparse(image: WritableImage, chunk: Uint8Array, offset: number, minSparse: number, zeroInit: boolean): Promise<void> {
-  if (minSparse === 0) {
-    await image.write(chunk, offset);
-    return;
-  }
-  const skip = async (start: number, end: number): Promise<void> => {
-    if (!zeroInit) await image.writeZeroes(offset + start, end - start, { mayUnmap: true });
-  };
-  if (isZero(chunk)) {
-    await skip(0, chunk.length);
-    return;
-  }
+function sparseSpans(chunk: Uint8Array, minSparse: number): Span[] {
+  if (minSparse === 0) return [{ start: 0, end: chunk.length, data: true }];
+  if (isZero(chunk)) return [{ start: 0, end: chunk.length, data: false }];
+  const spans: Span[] = [];
   const zero = zeroSectors(chunk);
   let spanStart = 0;
   let zeroStart = -1;
@@ -704,16 +707,28 @@ async function writeSparse(image: WritableImage, chunk: Uint8Array, offset: numb
       continue;
     }
     if (zeroStart >= 0 && s - zeroStart >= minSparse) {
-      if (zeroStart > spanStart) await image.write(chunk.subarray(spanStart, zeroStart), offset + spanStart);
-      await skip(zeroStart, s);
+      if (zeroStart > spanStart) spans.push({ start: spanStart, end: zeroStart, data: true });
+      spans.push({ start: zeroStart, end: s, data: false });
       spanStart = s;
     }
     zeroStart = -1;
   }
   const tailZero = zeroStart >= 0 && chunk.length - zeroStart >= minSparse;
   const end = tailZero ? zeroStart : chunk.length;
-  if (end > spanStart) await image.write(chunk.subarray(spanStart, end), offset + spanStart);
-  if (tailZero) await skip(zeroStart, chunk.length);
+  if (end > spanStart) spans.push({ start: spanStart, end, data: true });
+  if (tailZero) spans.push({ start: zeroStart, end: chunk.length, data: false });
+  return spans;
+}
+
+/**
+ * Writes the spans of `chunk` at `offset`, in order: data spans as data, zero spans left out
+ * (`zeroInit`: the target reads zeros there already) or written as zeros.
+ */
+async function writeSpans(image: WritableImage, chunk: Uint8Array, offset: number, spans: readonly Span[], zeroInit: boolean): Promise<void> {
+  for (const { start, end, data } of spans) {
+    if (data) await image.write(chunk.subarray(start, end), offset + start);
+    else if (!zeroInit) await image.writeZeroes(offset + start, end - start, { mayUnmap: true });
+  }
 }
 
 /** `count` buffers of `size` bytes handed out in turn. */
