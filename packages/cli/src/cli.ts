@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-import { createInterface } from 'node:readline';
 import { main } from './main.js';
 
 /** The `qcow2` binary: main() over process.argv and the standard streams. */
@@ -19,6 +18,7 @@ process.stdout.on('error', (error: NodeJS.ErrnoException) => {
 });
 
 async function stdinLines(): Promise<string[]> {
+  const { createInterface } = await import('node:readline'); // only `io` reads stdin: not loaded otherwise
   const lines: string[] = [];
   for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) lines.push(line);
   return lines;

@@ -1,34 +1,29 @@
 import { version as packageVersion } from '../package.json';
-import { benchCommand } from './commands/bench.js';
-import { checkCommand } from './commands/check.js';
-import { compareCommand } from './commands/compare.js';
-import { convertCommand } from './commands/convert.js';
-import { createCommand } from './commands/create.js';
-import { infoCommand } from './commands/info.js';
-import { ioCommand } from './commands/io.js';
-import { mapCommand } from './commands/map.js';
-import { snapshotCommand } from './commands/snapshot.js';
 import { PROGRAM, type CliIo, type Context } from './context.js';
-import { describeError, isCliError } from './errors.js';
+import { CliError, describeError, isCliError } from './errors.js';
 import { getopt } from './getopt.js';
 import { helpText, versionText } from './help-text.js';
-import { createNodeHost } from './node-host.js';
+import type { CliHost } from './host.js';
 import { usageError, checkGetopt } from './usage.js';
 
 const VERSION: string = packageVersion;
 
 type Command = (ctx: Context, argv: readonly string[]) => Promise<number>;
 
-const COMMANDS: Readonly<Record<string, Command>> = {
-  bench: benchCommand,
-  check: checkCommand,
-  compare: compareCommand,
-  convert: convertCommand,
-  create: createCommand,
-  info: infoCommand,
-  io: ioCommand,
-  map: mapCommand,
-  snapshot: snapshotCommand,
+/**
+ * The commands, each loaded when run: `qcow2 convert` does not parse or evaluate the code of
+ * bench, check, io or snapshot (with the published build's code splitting, not even read it).
+ */
+const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
+  bench: async () => (await import('./commands/bench.js')).benchCommand,
+  check: async () => (await import('./commands/check.js')).checkCommand,
+  compare: async () => (await import('./commands/compare.js')).compareCommand,
+  convert: async () => (await import('./commands/convert.js')).convertCommand,
+  create: async () => (await import('./commands/create.js')).createCommand,
+  info: async () => (await import('./commands/info.js')).infoCommand,
+  io: async () => (await import('./commands/io.js')).ioCommand,
+  map: async () => (await import('./commands/map.js')).mapCommand,
+  snapshot: async () => (await import('./commands/snapshot.js')).snapshotCommand,
 };
 
 /**
@@ -40,10 +35,15 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
   const report = (message: string): void => {
     for (const line of message.split('\n')) io.stderr(`${PROGRAM}: ${line}\n`);
   };
+  // The Node host (and the engine under it) is loaded when a command needs it, not for --version.
+  let host: CliHost | undefined = io.host;
   const ctx: Context = {
     out: (text) => io.stdout(text),
     err: (text) => io.stderr(text),
-    host: io.host ?? createNodeHost(),
+    get host(): CliHost {
+      if (host === undefined) throw new CliError('internal error: the host is used before it is loaded');
+      return host;
+    },
     now: io.now ?? (() => performance.now() / 1000),
     stdinLines: io.stdinLines ?? (async () => []),
     report,
@@ -74,8 +74,12 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
     }
     const [name, ...rest] = parsed.operands;
     if (name === undefined) throw usageError('Not enough arguments');
-    const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
-    if (command === undefined) throw usageError(`Command not found: ${name}`);
+    const load = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+    if (load === undefined) throw usageError(`Command not found: ${name}`);
+    const [command] = await Promise.all([
+      load(),
+      host === undefined ? import('./node-host.js').then((m) => (host = m.createNodeHost())) : undefined,
+    ]);
     return await command(ctx, rest);
   } catch (error) {
     if (isCliError(error)) {
