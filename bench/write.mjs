@@ -4,8 +4,10 @@
 //   node bench/write.mjs [--pairs 5] [--raw-mib 512] [--only seq,step,convert,convert-c] [--dir DIR] [--bundle]
 //
 // `qcow2` is the built binary (node_modules/.bin/qcow2: run `pnpm build` first); with --bundle,
-// packages/cli/src/cli.ts and the workspace sources it imports are bundled with esbuild into one
-// file first (no dependence on dist folders another build may be rewriting).
+// packages/cli/src/cli.ts and the workspace sources it imports are bundled with esbuild first
+// (no dependence on dist folders another build may be rewriting), with code splitting as tsup's
+// ESM build of the published binary has it: a command's module and what only it imports are
+// loaded when that command runs.
 //
 // Wall time of whole commands (process start to exit), `-t unsafe` everywhere, each pair run in
 // alternating order (qemu first in odd pairs); before every run (not timed) the previous output
@@ -47,20 +49,22 @@ let qcow2Bin = join(root, 'node_modules/.bin/qcow2');
 if (args.includes('--bundle')) {
   // esbuild comes with tsup (a root devDependency).
   const esbuild = createRequire(createRequire(join(root, 'package.json')).resolve('tsup'))('esbuild');
-  const outfile = join(dir, 'qcow2.mjs');
+  const outdir = join(dir, 'bundle');
   await esbuild.build({
-    entryPoints: [join(root, 'packages/cli/src/cli.ts')],
+    entryPoints: { qcow2: join(root, 'packages/cli/src/cli.ts') },
     bundle: true,
+    splitting: true,
+    outExtension: { '.js': '.mjs' },
     platform: 'node',
     format: 'esm',
     target: 'node20',
     conditions: ['@qcow2/source'],
     // What Node gets from the published packages: @qcow2/compress's Node entry (node:zlib).
     alias: { '@qcow2/compress': join(root, 'packages/compress/src/node.ts') },
-    outfile,
+    outdir,
     logLevel: 'error',
   });
-  qcow2Bin = outfile;
+  qcow2Bin = join(outdir, 'qcow2.mjs');
 }
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
