@@ -371,10 +371,58 @@ export class ClusterWriter {
     return undefined;
   }
 
-  async #operation(operation: string, offset: number, length: number, body: (offset: number, length: number) => Promise<void>): Promise<void> {
+  /**
+   * Runs `body` over the range with its clusters locked. Without anything to wait for first
+   * (`beforeChange` already settled, the range free), `body` starts at once and its promise gets
+   * one reaction; otherwise see #operationWaiting.
+   */
+  #operation(operation: string, offset: number, length: number, body: (offset: number, length: number) => Promise<unknown>): Promise<void> {
     const bad = this.#rangeProblem(operation, offset, length);
-    if (bad !== undefined) throw bad;
-    if (length === 0) return;
+    if (bad !== undefined) return Promise.reject(bad);
+    if (length === 0) return RESOLVED;
+    const before = this.#o.beforeChange;
+    if (before !== undefined && before() !== this.#prepared) return this.#operationWaiting(operation, offset, length, body);
+    const cs = this.clusterSize;
+    const lock = this.#locks.tryAcquire(Math.floor(offset / cs), Math.floor((offset + length - 1) / cs));
+    if (lock === undefined) return this.#operationWaiting(operation, offset, length, body);
+    this.#inflight++;
+    let running: Promise<unknown>;
+    try {
+      running = body(offset, length);
+    } catch (error) {
+      lock.release();
+      this.#left();
+      return Promise.reject(wrap(error, `${this.#what}: ${operation} of ${length} bytes at ${hex(offset)}`));
+    }
+    return running.then(
+      () => {
+        lock.release();
+        this.#left();
+      },
+      (error: unknown) => {
+        lock.release();
+        this.#left();
+        throw wrap(error, `${this.#what}: ${operation} of ${length} bytes at ${hex(offset)}`);
+      },
+    );
+  }
+
+  /** An operation is over: wake `drain` callers once none is left. */
+  #left(): void {
+    if (--this.#inflight === 0 && this.#idle.length > 0) {
+      const idle = this.#idle;
+      this.#idle = [];
+      for (const wake of idle) wake();
+    }
+  }
+
+  /** #operation when it must wait for `beforeChange` or for the range lock. */
+  async #operationWaiting(
+    operation: string,
+    offset: number,
+    length: number,
+    body: (offset: number, length: number) => Promise<unknown>,
+  ): Promise<void> {
     this.#inflight++;
     try {
       const before = this.#o.beforeChange;
@@ -398,11 +446,7 @@ export class ClusterWriter {
     } catch (error) {
       throw wrap(error, `${this.#what}: ${operation} of ${length} bytes at ${hex(offset)}`);
     } finally {
-      if (--this.#inflight === 0 && this.#idle.length > 0) {
-        const idle = this.#idle;
-        this.#idle = [];
-        for (const wake of idle) wake();
-      }
+      this.#left();
     }
   }
 
@@ -537,7 +581,13 @@ export class ClusterWriter {
 
   // ------------------------------------------------------------------ writes
 
-  async #writeRange(src: Uint8Array, pos: number, offset: number, length: number): Promise<void> {
+  #writeRange(src: Uint8Array, pos: number, offset: number, length: number): Promise<unknown> {
+    // Within one cluster: one chunk writes it all.
+    if ((offset % this.clusterSize) + length <= this.clusterSize) return this.#writeChunk(src, pos, offset, length);
+    return this.#writeChunks(src, pos, offset, length);
+  }
+
+  async #writeChunks(src: Uint8Array, pos: number, offset: number, length: number): Promise<void> {
     let done = 0;
     while (done < length) done += await this.#writeChunk(src, pos + done, offset + done, length - done);
   }
