@@ -52,6 +52,14 @@ const POOL_MIN_BYTES = 256 * 1024;
 const POOL_PIECE_BYTES = 1 << 20;
 
 /**
+ * A read of at most this many bytes that starts a piece is not cut: one pool readv for all of it
+ * (qemu-img convert reads its 2 MiB chunks with one pread each). `qcow2 convert -O qcow2` of a
+ * 512 MiB raw file, 2 MiB reads 4 ahead, 10 alternations on a loaded 2-core machine: CPU median
+ * 0.755 -> 0.700 s, wall 0.73 -> 0.675 s against cutting them into 1 MiB pieces.
+ */
+const POOL_WHOLE_READ_MAX = 2 << 20;
+
+/**
  * Writes of at least this many bytes go to libuv's thread pool (`fs.write`) instead of a
  * synchronous pwrite on the main thread, so that the copy into the page cache overlaps with the
  * caller's computation and with other I/O (qemu-img issues its writes from a thread pool too).
@@ -249,9 +257,10 @@ class NodeFile implements NodeStorage {
 
   /**
    * queue[from..to) (file-contiguous) by thread-pool readvs of about POOL_PIECE_BYTES each, cut
-   * at read boundaries or, for a read larger than a piece, inside it. A read resolves when its
-   * last piece is in; one with a failed or short piece is read again synchronously (which stops
-   * at EOF and names the error).
+   * at read boundaries or, for a read larger than a piece, inside it (but for a read of at most
+   * POOL_WHOLE_READ_MAX starting a piece: one readv). A read resolves when its last piece is in;
+   * one with a failed or short piece is read again synchronously (which stops at EOF and names
+   * the error).
    */
   #readPooled(queue: PendingRead[], from: number, to: number): void {
     if (this.#closed) {
@@ -264,13 +273,14 @@ class NodeFile implements NodeStorage {
       const length = r.dst.length;
       let at = 0;
       while (at < length) {
-        const take = Math.min(length - at, POOL_PIECE_BYTES - piece.bytes);
+        const whole = at === 0 && piece.bytes === 0 && length <= POOL_WHOLE_READ_MAX;
+        const take = whole ? length : Math.min(length - at, POOL_PIECE_BYTES - piece.bytes);
         piece.buffers.push(at === 0 && take === length ? r.dst : r.dst.subarray(at, at + take));
         piece.bytes += take;
         piece.reads.push(r);
         r.pieces++;
         at += take;
-        if (piece.bytes === POOL_PIECE_BYTES) {
+        if (piece.bytes >= POOL_PIECE_BYTES) {
           this.#submit(piece);
           piece = { buffers: [], offset: r.offset + at, bytes: 0, reads: [] };
         }
