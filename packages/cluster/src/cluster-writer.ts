@@ -150,13 +150,6 @@ function hasHostBits(hi: number, lo: number): boolean {
   return (hi & OFFSET_MASK_HI) !== 0 || (lo & OFFSET_MASK_LO) !== 0;
 }
 
-/** A request for `count` contiguous data clusters, served by one batch of a turn. */
-interface AllocRequest {
-  count: number;
-  resolve: (host: number) => void;
-  reject: (error: unknown) => void;
-}
-
 /** An L2 table slice pinned for changes, and the index of the wanted entry in it. */
 interface SliceRef {
   slice: CacheEntry;
@@ -205,8 +198,9 @@ export class ClusterWriter {
   #words = new Uint32Array(64);
   /** The last `beforeChange` promise seen settled (fulfilled). */
   #prepared: Promise<void> | undefined;
-  /** Data-cluster allocations waiting for this turn's batch (see #allocData). */
-  #allocs: AllocRequest[] = [];
+  /** Clusters asked for in this turn's allocation batch, and the batch (see #runAllocs). */
+  #allocCount = 0;
+  #allocBatch: Promise<number> | undefined;
   #closed = false;
 
   constructor(options: ClusterWriterOptions) {
@@ -644,7 +638,11 @@ export class ClusterWriter {
     if (this.#dataFile) {
       host = clusterStart;
     } else {
-      host = await this.#allocData(count);
+      // See #runAllocs: this request's place in the turn's batch.
+      const place = this.#allocCount;
+      this.#allocCount += count;
+      this.#allocBatch ??= RESOLVED.then(this.#runAllocs);
+      host = (await this.#allocBatch) + place * cs;
       if (host === 0) throw corrupt(`${this.#what}: data cluster for guest offset ${hex(clusterStart)} would be allocated at offset 0`);
     }
     // Never written: it reads as zeros already (checked now, before anything is written there).
@@ -664,43 +662,17 @@ export class ClusterWriter {
   }
 
   /**
-   * `count` contiguous data clusters (refcount 1). The allocations asked for in one turn (many
-   * writes in flight reach this point together) are served by one `allocClusters` of their
-   * total, handed out in request order: the same first-fit layout as one by one on an image
-   * without free holes, one refcount update instead of one per request (qemu's handle_alloc
-   * allocates per request too, without an await per cluster).
+   * Allocates the data clusters asked for in this turn (refcount 1): the writes in flight that
+   * reach their allocation in one turn share one `allocClusters` of their total, handed out in
+   * request order: the same first-fit layout as one by one on an image without
+   * free holes, one refcount update instead of one per request. Every request of a batch awaits
+   * the same promise (the batch's first cluster) and adds its own place in the batch.
    */
-  #allocData(count: number): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
-      this.#allocs.push({ count, resolve, reject });
-      if (this.#allocs.length === 1) void RESOLVED.then(this.#runAllocs);
-    });
-  }
-
-  readonly #runAllocs = (): void => {
-    const batch = this.#allocs;
-    this.#allocs = [];
-    if (batch.length === 1) {
-      const only = batch[0]!;
-      this.#refcounts.allocClusters(only.count).then(only.resolve, only.reject);
-      return;
-    }
-    let total = 0;
-    for (const r of batch) total += r.count;
-    const cs = this.clusterSize;
-    this.#refcounts.allocClusters(total).then(
-      (first) => {
-        let at = first;
-        for (const r of batch) {
-          // Offset 0 is refused by the caller: only the first request can get it.
-          r.resolve(at);
-          at += r.count * cs;
-        }
-      },
-      (error: unknown) => {
-        for (const r of batch) r.reject(error);
-      },
-    );
+  readonly #runAllocs = (): Promise<number> => {
+    const total = this.#allocCount;
+    this.#allocCount = 0;
+    this.#allocBatch = undefined;
+    return this.#refcounts.allocClusters(total);
   };
 
   /** qemu's cluster_needs_new_alloc: only clusters with refcount 1 (COPIED) are written in place. */
