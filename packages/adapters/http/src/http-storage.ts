@@ -22,10 +22,11 @@ export interface HttpStorageOptions {
    */
   maxCoalesce?: number;
   /**
-   * Read-ahead for sequential reads, in bytes (qemu's curl `readahead`, adaptive): a read that
-   * starts where a recent read ended also fetches, in the background, as many bytes as it asked
-   * for (at most this many, and at most half the cache) after its end, so the next sequential read
-   * finds them cached or in flight. Random reads never trigger it; 0 turns it off. Default 2 MiB.
+   * Read-ahead for sequential reads, in bytes (qemu's curl `readahead`, adaptive as Linux's): a
+   * read that starts where a recent read ended keeps a window of bytes after its end cached or in
+   * flight, fetched in the background; the window starts at the read's size and doubles with each
+   * read that continues the stream, up to this many bytes and half the cache. Random reads never
+   * trigger it; 0 turns it off. Default 2 MiB.
    */
   readAhead?: number;
 }
@@ -407,8 +408,11 @@ class HttpFile implements HttpStorage {
   #blockMisses = 0;
   /** Read-ahead limit in blocks (0: off). */
   readonly #readAheadBlocks: number;
-  /** Where recent reads ended, most recent last: a read starting at one of them is sequential. */
-  readonly #streamEnds: number[] = [];
+  /**
+   * Recent reads, most recent last: where each ended (a read starting there continues it) and the
+   * stream's read-ahead window in blocks.
+   */
+  readonly #streams: { end: number; window: number }[] = [];
 
   constructor(client: HttpClient, size: number, blockSize: number, maxBlocks: number, cacheBytes: number, readAhead: number) {
     this.#client = client;
@@ -488,35 +492,48 @@ class HttpFile implements HttpStorage {
   }
 
   /**
-   * For a read of [offset, end) that continues a recent one, fetches the blocks after `last`
-   * (as many as the read covered, up to the read-ahead limit) in a request of their own, issued
-   * after this tick's dispatch so the read's own blocks are asked for first.
+   * For a read of [offset, end) that continues a recent one, keeps a read-ahead window of blocks
+   * after `last` cached or in flight, as Linux's readahead does: the window starts at the read's
+   * size and doubles with each read that continues the stream (up to the read-ahead limit), and
+   * the missing part is fetched only once less than half the window is ahead, so read-ahead goes
+   * out in requests of at least half a window however small the reads. Issued after this tick's
+   * dispatch so the read's own blocks are asked for first.
    */
   #readAhead(offset: number, end: number, last: number): void {
-    const ends = this.#streamEnds;
-    const stream = ends.indexOf(offset);
-    if (stream >= 0) ends.splice(stream, 1);
-    else if (ends.length >= STREAMS) ends.shift();
-    ends.push(end);
-    if (stream < 0 || this.#readAheadBlocks === 0) return;
+    const streams = this.#streams;
+    const at = streams.findIndex((s) => s.end === offset);
     const B = this.#blockSize;
+    const readBlocks = Math.ceil((end - offset) / B);
+    let window = 0;
+    if (at >= 0) {
+      window = Math.min(this.#readAheadBlocks, Math.max(streams[at]!.window * 2, readBlocks));
+      streams.splice(at, 1);
+    } else if (streams.length >= STREAMS) {
+      streams.shift();
+    }
+    streams.push({ end, window });
+    if (window === 0) return;
     const lastBlock = Math.ceil(this.#size / B) - 1;
-    const count = Math.min(this.#readAheadBlocks, Math.ceil((end - offset) / B), lastBlock - last);
+    let ahead = 0;
+    while (ahead < window && last + 1 + ahead <= lastBlock && this.#has(last + 1 + ahead)) ahead++;
+    if (ahead * 2 > window) return;
+    const from = last + 1 + ahead;
+    const count = Math.min(window - ahead, lastBlock - from + 1);
     if (count <= 0) return;
     // A microtask queued after the dispatch this read scheduled, so it runs after it.
     void Promise.resolve().then(() => {
       if (this.#closed) return;
-      let index = last + 1;
-      const stop = last + 1 + count;
+      let index = from;
+      const stop = from + count;
       while (index < stop) {
         // Skip what is cached or already in flight; fetch each missing run with one request.
-        if (this.#cache.has(index) || this.#inflight.has(index)) {
+        if (this.#has(index)) {
           index++;
           continue;
         }
         const waiters: Waiter[] = [];
         const first = index;
-        while (index < stop && waiters.length < this.#maxBlocks && !this.#cache.has(index) && !this.#inflight.has(index)) {
+        while (index < stop && waiters.length < this.#maxBlocks && !this.#has(index)) {
           const promise = new Promise<Uint8Array>((resolve, reject) => {
             waiters.push({ resolve, reject });
           });
@@ -527,6 +544,11 @@ class HttpFile implements HttpStorage {
         void this.#fetchRun(first, waiters);
       }
     });
+  }
+
+  /** The block is cached or being fetched. */
+  #has(index: number): boolean {
+    return this.#cache.has(index) || this.#inflight.has(index);
   }
 
   /** A cached block, or the promise of one: joined if in flight, else queued for the next dispatch. */

@@ -459,8 +459,28 @@ describe('createHttpStorage: read-ahead', () => {
     expectBytes(dst, data.subarray(96 * KiB, 112 * KiB));
     expect(s.stats().blockHits - before.blockHits).toBe(4);
     await settle();
-    // ...and it continues the stream, so the next 16 KiB are on their way.
-    expect(gets().at(-1)).toBe('bytes=114688-131071');
+    // ...and it continues the stream: the window doubles to 32 KiB, on its way in one request.
+    expect(gets().at(-1)).toBe('bytes=114688-147455');
+    await s.close();
+  });
+
+  it('small sequential reads grow the window: few, large requests, and every byte right', async () => {
+    const data = bytes(1024 * KiB, 24);
+    const { url, gets } = serve(data);
+    const s = await createHttpStorage(url, { blockSize: 4096, readAhead: 64 * KiB });
+    const dst = new Uint8Array(4096);
+    for (let at = 0; at < 512 * KiB; at += 4096) {
+      await s.read(dst, at);
+      expectBytes(dst, data.subarray(at, at + 4096));
+    }
+    await settle();
+    const ranges = gets().slice(1).map((r) => r!.replace('bytes=', '').split('-').map(Number) as [number, number]);
+    // 128 reads of one block: without read-ahead 127 requests; with it, once the window is
+    // 16 blocks, requests of at least 8 blocks.
+    expect(ranges.length).toBeLessThan(30);
+    expect(ranges.slice(8).every(([a, b]) => b - a + 1 >= 8 * 4096)).toBe(true);
+    // Never more than the window past what was read.
+    expect(Math.max(...ranges.map(([, b]) => b))).toBeLessThan(512 * KiB + 64 * KiB);
     await s.close();
   });
 
