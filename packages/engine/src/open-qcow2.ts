@@ -231,6 +231,11 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
         autoclearFeatures: header.autoclearFeatures,
         lazyRefcounts,
         onCorruption: options.onCorruption,
+        // The persistent bitmaps qemu would load (readBitmaps decoded their directory).
+        bitmapDirectory:
+          bitmaps === undefined || bitmapExt === undefined
+            ? undefined
+            : { offset: bitmapExt.bitmapDirectoryOffset, size: bitmapExt.bitmapDirectorySize, count: bitmapExt.nbBitmaps },
       });
       overlap?.connect(refcounts, writableState);
       if ((header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {

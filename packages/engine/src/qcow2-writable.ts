@@ -1,6 +1,16 @@
 import type { TableCache } from '@qcow2/cache';
 import type { ClusterWriter } from '@qcow2/cluster';
-import { AUTOCLEAR_DATA_FILE_RAW, corrupt, hex, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, isQcow2Error, Qcow2Error } from '@qcow2/format';
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  corrupt,
+  decodeBitmapDirectoryEntry,
+  hex,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DIRTY,
+  isQcow2Error,
+  Qcow2Error,
+} from '@qcow2/format';
 import type { Refcounts } from '@qcow2/refcount';
 import type { Storage } from '@qcow2/storage';
 import type { CorruptionEvent } from './types.js';
@@ -11,6 +21,9 @@ const AUTOCLEAR_FEATURES_AT = 88;
 
 /** Autoclear bits this implementation keeps true while it writes (the others are cleared). */
 const MAINTAINED_AUTOCLEAR = AUTOCLEAR_DATA_FILE_RAW;
+
+/** A bitmap directory entry's in_use flag (flags bit 0). */
+const BITMAP_IN_USE = 1;
 
 export interface WritableParts {
   readonly name: string | undefined;
@@ -24,6 +37,11 @@ export interface WritableParts {
   readonly autoclearFeatures: bigint;
   /** Lazy refcounts in force (qemu's lazy-refcounts option, or the image's compat bit). */
   readonly lazyRefcounts: boolean;
+  /**
+   * The bitmap directory of persistent bitmaps in force (bitmaps extension + autoclear bit 0):
+   * they are kept, marked in use before the first change (see beforeChange).
+   */
+  readonly bitmapDirectory?: { readonly offset: number; readonly size: number; readonly count: number } | undefined;
   /** Told once, when a fatal corruption event marks the image corrupt. */
   readonly onCorruption?: ((event: CorruptionEvent) => void) | undefined;
 }
@@ -153,13 +171,50 @@ export class Qcow2Writable {
 
   async #prepare(): Promise<void> {
     const storage = this.#p.storage;
-    if (this.#p.version >= 3 && (this.#autoclear & ~MAINTAINED_AUTOCLEAR) !== 0n) {
-      const value = this.#autoclear & MAINTAINED_AUTOCLEAR;
+    const directory = this.#p.bitmapDirectory;
+    let maintained = MAINTAINED_AUTOCLEAR;
+    if (this.#p.version >= 3 && directory !== undefined && (this.#autoclear & AUTOCLEAR_BITMAPS) !== 0n) {
+      await this.#markBitmapsInUse(directory);
+      maintained |= AUTOCLEAR_BITMAPS;
+    }
+    if (this.#p.version >= 3 && (this.#autoclear & ~maintained) !== 0n) {
+      const value = this.#autoclear & maintained;
       await this.#io(() => storage.write(mask(value), AUTOCLEAR_FEATURES_AT), 'header autoclear_features at 0x58: write');
       await this.#io(() => storage.flush(), 'header autoclear_features: flush');
       this.#autoclear = value;
     }
     if (this.#p.lazyRefcounts && !this.dirty) await this.#setDirty(true);
+  }
+
+  /**
+   * Sets the in_use flag of every persistent bitmap, in place, and flushes — as qemu does when it
+   * opens an image with bitmaps for writing. This implementation does not track dirty regions,
+   * so the flag stays: the bitmaps read as inconsistent (qemu-img info "in-use"), their clusters
+   * stay referenced (no leaks), and qemu can remove or rebuild them. Clearing the autoclear bit
+   * instead would turn every bitmap cluster into a leak.
+   */
+  async #markBitmapsInUse(directory: { offset: number; size: number; count: number }): Promise<void> {
+    const storage = this.#p.storage;
+    const bytes = new Uint8Array(directory.size); // size checked against qemu's limit at open
+    await this.#io(async () => {
+      const got = await storage.read(bytes, directory.offset);
+      if (got < bytes.length) throw corrupt(`bitmap directory at ${hex(directory.offset)}: ends past the end of the file`);
+    }, `bitmap directory at ${hex(directory.offset)}: read`);
+    const view = new DataView(bytes.buffer);
+    let changed = false;
+    let at = 0;
+    for (let i = 0; i < directory.count; i++) {
+      const { end } = decodeBitmapDirectoryEntry(bytes, at, { tableOffset: directory.offset });
+      const flags = view.getUint32(at + 12);
+      if ((flags & BITMAP_IN_USE) === 0) {
+        view.setUint32(at + 12, flags | BITMAP_IN_USE);
+        changed = true;
+      }
+      at = end;
+    }
+    if (!changed) return;
+    await this.#io(() => storage.write(bytes, directory.offset), `bitmap directory at ${hex(directory.offset)}: write`);
+    await this.#io(() => storage.flush(), 'bitmap directory: flush');
   }
 
   async #setDirty(dirty: boolean): Promise<void> {

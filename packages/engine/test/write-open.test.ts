@@ -64,7 +64,7 @@ describe('opening for writing', () => {
     const bytes = storage.snapshot();
     const view = new DataView(bytes.buffer);
     view.setUint32(88, 0x8000_0000); // bit 63, unknown
-    view.setUint32(92, 0x1); // bit 0: bitmaps (not maintained here)
+    view.setUint32(92, 0x1); // bit 0: bitmaps, but no bitmaps extension: nothing to keep
     const target = createMemoryStorage({ initial: bytes });
     const opened = await openImage(target, { readOnly: false });
     expect(u32(target.snapshot(), 88)).toBe(0x8000_0000);
