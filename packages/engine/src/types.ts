@@ -1,3 +1,4 @@
+import type { MetadataStructure } from '@qcow2/cache';
 import type { StorageResolver } from '@qcow2/storage';
 
 export type ImageFormat = 'qcow2' | 'raw';
@@ -96,16 +97,7 @@ export interface CorruptionEvent {
 }
 
 /** The metadata structures of the overlap checks, as qemu's overlap-check.<structure> options name them. */
-export type OverlapStructure =
-  | 'main-header'
-  | 'active-l1'
-  | 'active-l2'
-  | 'refcount-table'
-  | 'refcount-block'
-  | 'snapshot-table'
-  | 'inactive-l1'
-  | 'inactive-l2'
-  | 'bitmap-directory';
+export type OverlapStructure = MetadataStructure;
 
 export type ExtentKind = 'data' | 'zero' | 'unallocated';
 

@@ -134,7 +134,7 @@ export async function benchCommand(ctx: Context, argv: readonly string[]): Promi
   const image = await openWithChain(ctx, filename, format, write ? { writable: true, cacheMode: cache } : {});
   try {
     if (write && (image.readOnly !== false || typeof image.write !== 'function')) {
-      throw new CliError(`Could not open '${filename}': the engine cannot write images yet`);
+      throw new CliError(`Could not open '${filename}': the image did not open for writing`);
     }
     const imageSize = image.virtualSize;
     const stepSize = step === 0 ? bufferSize : step;

@@ -415,7 +415,7 @@ async function copyToQcow2(
   }
   try {
     if (image.readOnly !== false || typeof image.write !== 'function') {
-      throw new CliError(`Could not open '${target}': the engine cannot write images yet`);
+      throw new CliError(`Could not open '${target}': the image did not open for writing`);
     }
     if (options.noCreate && image.virtualSize < total) throw new CliError('output file is smaller than input file');
     await copyInto(sources, sizes, image as WritableImage, options, qcow2.compress, progress, targetError);
