@@ -76,19 +76,22 @@ const ASYNC_WRITE_MIN = 16 * 1024;
  */
 const WRITE_RUN_MAX = 1 << 20;
 
-/** A write waiting for the batch of its tick (see NodeFile.write). */
-interface QueuedWrite {
-  src: Uint8Array;
-  offset: number;
-  resolve: () => void;
-  reject: (error: unknown) => void;
-}
-
 /** A write in flight (see ASYNC_WRITE_MIN): later reads and writes that overlap it wait for it. */
 interface WriteInFlight {
   offset: number;
   end: number;
   done: Promise<unknown>;
+}
+
+/**
+ * A write waiting for the batch of its tick (see NodeFile.write), in flight until its run's
+ * writev completes: it leaves the writes in flight and settles `done` from that callback (no
+ * promise reaction per write).
+ */
+interface QueuedWrite extends WriteInFlight {
+  src: Uint8Array;
+  resolve: () => void;
+  reject: (error: unknown) => void;
 }
 
 /** A read waiting for the batch of its tick. */
@@ -398,17 +401,16 @@ class NodeFile implements NodeStorage {
     }
     if (blockers === undefined) {
       // Batched per tick: runs of file-contiguous writes go to the pool as one writev each.
-      return this.#start(
-        offset,
-        end,
-        () =>
-          new Promise<void>((resolve, reject) => {
-            this.#writeQueue.push({ src, offset, resolve, reject });
-            // setImmediate, not a microtask: the writes issued by all the completions of one
-            // event-loop turn (each runs its own microtasks) go out together.
-            if (this.#writeQueue.length === 1) setImmediate(this.#sendWrites);
-          }),
-      );
+      const w: QueuedWrite = { src, offset, end, done: RESOLVED, resolve: noop, reject: noop };
+      w.done = new Promise<void>((resolve, reject) => {
+        w.resolve = resolve;
+        w.reject = reject;
+      });
+      this.#writes.add(w);
+      // setImmediate, not a microtask: the writes issued by all the completions of one
+      // event-loop turn (each runs its own microtasks) go out together.
+      if (this.#writeQueue.push(w) === 1) setImmediate(this.#sendWrites);
+      return w.done as Promise<void>;
     }
     return this.#start(offset, end, async () => {
       await Promise.allSettled(blockers);
@@ -427,49 +429,61 @@ class NodeFile implements NodeStorage {
   readonly #sendWrites = (): void => {
     const queue = this.#writeQueue;
     this.#writeQueue = [];
+    if (this.#closed) {
+      for (let k = 0; k < queue.length; k++) this.#writeFailed(queue[k]!, closedError(this.#what('write')));
+      return;
+    }
     let i = 0;
     while (i < queue.length) {
+      const first = queue[i]!;
+      const buffers: Uint8Array[] = [first.src];
       let end = i + 1;
-      let next = queue[i]!.offset + queue[i]!.src.length;
-      let bytes = queue[i]!.src.length;
+      let next = first.end;
+      let bytes = first.src.length;
       while (end < queue.length && end - i < MAX_IOVECS) {
         const w = queue[end]!;
         if (w.offset !== next || bytes + w.src.length > WRITE_RUN_MAX) break;
-        next += w.src.length;
+        buffers.push(w.src);
+        next = w.end;
         bytes += w.src.length;
         end++;
       }
-      this.#sendRun(queue.slice(i, end), bytes);
+      if (end - i === 1) this.#writeAlone(first);
+      else this.#sendRun(queue, i, end, buffers, bytes);
       i = end;
     }
   };
 
-  /** One pool writev for `run`; a short or failed one falls back to writes one by one. */
-  #sendRun(run: QueuedWrite[], bytes: number): void {
-    if (this.#closed) {
-      for (const w of run) w.reject(closedError(this.#what('write')));
-      return;
-    }
-    const one = (w: QueuedWrite): void => {
-      this.#writeInPool(w.src, w.offset).then(w.resolve, w.reject);
-    };
-    if (run.length === 1) {
-      one(run[0]!);
-      return;
-    }
-    writevAsync(
-      this.#fd,
-      run.map((w) => w.src),
-      run[0]!.offset,
-      (error, written) => {
-        if (error === null && written === bytes) {
-          for (const w of run) w.resolve();
-          return;
+  /** One pool writev for queue[from..to); a short or failed one falls back to writes one by one. */
+  #sendRun(queue: QueuedWrite[], from: number, to: number, buffers: Uint8Array[], bytes: number): void {
+    writevAsync(this.#fd, buffers, queue[from]!.offset, (error, written) => {
+      if (error === null && written === bytes) {
+        for (let k = from; k < to; k++) {
+          const w = queue[k]!;
+          this.#writes.delete(w);
+          w.resolve();
         }
-        // Rewriting what a short writev did write changes nothing; errors are named per write.
-        for (const w of run) one(w);
+        return;
+      }
+      // Rewriting what a short writev did write changes nothing; errors are named per write.
+      for (let k = from; k < to; k++) this.#writeAlone(queue[k]!);
+    });
+  }
+
+  /** A queued write on its own (alone in its run, or after its run's writev failed or came back short). */
+  #writeAlone(w: QueuedWrite): void {
+    this.#writeInPool(w.src, w.offset).then(
+      () => {
+        this.#writes.delete(w);
+        w.resolve();
       },
+      (error: unknown) => this.#writeFailed(w, error),
     );
+  }
+
+  #writeFailed(w: QueuedWrite, error: unknown): void {
+    this.#writes.delete(w);
+    w.reject(error);
   }
 
   /** A synchronous positional write of all of `src`. */
@@ -607,6 +621,8 @@ class NodeFile implements NodeStorage {
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
+
+function noop(): void {}
 
 /** fs.write as a promise of the count written (no FileHandle: less overhead per call). */
 function poolWrite(fd: number, src: Uint8Array, at: number, length: number, position: number): Promise<number> {
