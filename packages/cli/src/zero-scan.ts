@@ -1,80 +1,118 @@
 /**
  * Byte-range scans at 512-byte sector granularity, as qemu-img compare and convert do them,
- * with native memcmp (Buffer.equals) doing the work: a JavaScript byte loop is ~10x slower.
+ * with native memcmp (Buffer#compare against a block of zeros) doing the bulk work: a JavaScript
+ * byte loop is ~10x slower. No Buffer object is made per range: each scan makes at most one view
+ * of the caller's bytes and compares ranges of it by offset.
  */
 
 const SECTOR = 512;
-const ZEROS = Buffer.alloc(2 * 1024 * 1024);
+/** Bytes compared per native call. */
+const ZERO_BLOCK = 65536;
+const ZEROS = Buffer.alloc(ZERO_BLOCK);
 
-function view(bytes: Uint8Array, start: number, end: number): Buffer {
-  return Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start);
+function bufferOf(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
 }
 
-/** True when bytes[start, end) are all zero. */
-export function isZero(bytes: Uint8Array, start: number = 0, end: number = bytes.length): boolean {
-  if (end - start <= 4096) {
-    // Short ranges: a loop that stops at the first non-zero byte beats making a Buffer view.
-    for (let i = start; i < end; i += 1) if (bytes[i] !== 0) return false;
-    return true;
-  }
-  for (let at = start; at < end; at += ZEROS.length) {
-    const stop = Math.min(end, at + ZEROS.length);
-    if (!view(bytes, at, stop).equals(ZEROS.subarray(0, stop - at))) return false;
+/** True when buf[start, end) is all zeros (native compares, ZERO_BLOCK bytes at a time). */
+function zeroIn(buf: Buffer, start: number, end: number): boolean {
+  for (let at = start; at < end; at += ZERO_BLOCK) {
+    const stop = Math.min(end, at + ZERO_BLOCK);
+    if (ZEROS.compare(buf, at, stop, 0, stop - at) !== 0) return false;
   }
   return true;
 }
 
+/**
+ * True when bytes[start, end) are all zero: the first, middle and last bytes first (a data
+ * range usually stops there, as qemu's buffer_is_zero), then a native compare.
+ */
+function rangeIsZero(bytes: Uint8Array, buf: Buffer | undefined, start: number, end: number): boolean {
+  if (end <= start) return true;
+  if (bytes[start] !== 0 || bytes[end - 1] !== 0 || bytes[(start + end) >>> 1] !== 0) return false;
+  if (end - start <= 64) {
+    for (let i = start + 1; i < end - 1; i += 1) if (bytes[i] !== 0) return false;
+    return true;
+  }
+  return zeroIn(buf ?? bufferOf(bytes), start, end);
+}
+
+/** True when bytes[start, end) are all zero. */
+export function isZero(bytes: Uint8Array, start: number = 0, end: number = bytes.length): boolean {
+  return rangeIsZero(bytes, undefined, start, end);
+}
+
 /** compare_buffers: the offset of the first 512-byte sector where `a` and `b` differ, or -1. */
 export function firstDifferingSector(a: Uint8Array, b: Uint8Array): number {
-  if (view(a, 0, a.length).equals(view(b, 0, a.length))) return -1;
+  const bufA = bufferOf(a);
+  const bufB = bufferOf(b);
+  if (bufA.compare(bufB, 0, a.length, 0, a.length) === 0) return -1;
   for (let s = 0; s < a.length; s += SECTOR) {
     const e = Math.min(s + SECTOR, a.length);
-    if (!view(a, s, e).equals(view(b, s, e))) return s;
+    if (bufA.compare(bufB, s, e, s, e) !== 0) return s;
   }
   return -1;
 }
 
 /** find_nonzero: the offset of the first 512-byte sector that is not all zeros, or -1. */
 export function firstNonzeroSector(bytes: Uint8Array): number {
-  if (isZero(bytes)) return -1;
+  const buf = bufferOf(bytes);
+  if (zeroIn(buf, 0, bytes.length)) return -1;
   for (let s = 0; s < bytes.length; s += SECTOR) {
-    if (!isZero(bytes, s, Math.min(s + SECTOR, bytes.length))) return s;
+    if (!rangeIsZero(bytes, buf, s, Math.min(s + SECTOR, bytes.length))) return s;
   }
   return -1;
 }
 
 /**
- * Which 512-byte sectors of `bytes` are all zeros (1) or not (0): 64 KiB blocks compared natively
- * first, the sectors of a block that is not all zeros checked word by word, stopping at the first
- * non-zero word (data sectors usually stop at once).
+ * The runs of all-zero 512-byte sectors of `bytes` that are at least `minSparse` bytes long
+ * (`minSparse` a positive multiple of 512; a short last sector counts with its own length), as
+ * [start, end) byte offsets one after the other: [start0, end0, start1, end1, ...]. Each run is
+ * maximal (the sectors on either side of it are not all zeros). An all-zero `bytes` is one run
+ * whatever its length.
+ *
+ * Only every (minSparse / 512)-th sector is looked at first: any run of that many sectors
+ * contains one of them, so a buffer of data costs one probe (usually a byte or three) per
+ * `minSparse` bytes; a zero probe is then grown both ways, by native compares.
  */
-export function zeroSectors(bytes: Uint8Array): Uint8Array {
-  const sectors = Math.ceil(bytes.length / SECTOR);
-  const flags = new Uint8Array(sectors);
-  const aligned = bytes.byteOffset % 4 === 0;
-  const words = aligned ? new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2) : undefined;
-  const BLOCK = 65536;
-  for (let block = 0; block < bytes.length; block += BLOCK) {
-    const end = Math.min(block + BLOCK, bytes.length);
-    if (end - block === BLOCK && view(bytes, block, end).equals(ZEROS.subarray(0, BLOCK))) {
-      flags.fill(1, block / SECTOR, end / SECTOR);
-      continue;
-    }
-    for (let s = block; s < end; s += SECTOR) {
-      const e = Math.min(s + SECTOR, end);
-      let zero = true;
-      if (words !== undefined && e - s === SECTOR) {
-        for (let w = s >>> 2, stop = e >>> 2; w < stop; w++) {
-          if (words[w] !== 0) {
-            zero = false;
-            break;
-          }
-        }
-      } else {
-        zero = isZero(bytes, s, e);
+export function zeroRuns(bytes: Uint8Array, minSparse: number): number[] {
+  const length = bytes.length;
+  const runs: number[] = [];
+  if (length === 0) return runs;
+  const step = Math.max(1, Math.floor(minSparse / SECTOR));
+  const sectors = Math.ceil(length / SECTOR);
+  let buf: Buffer | undefined;
+  const zero = (s: number): boolean => {
+    const start = s * SECTOR;
+    const end = Math.min(start + SECTOR, length);
+    if (bytes[start] !== 0 || bytes[end - 1] !== 0) return false;
+    buf ??= bufferOf(bytes);
+    return rangeIsZero(bytes, buf, start, end);
+  };
+  /** Sectors below this one are classified (the one just below, if any, is not all zeros). */
+  let known = 0;
+  for (let probe = 0; probe < sectors; probe += step) {
+    if (probe < known || !zero(probe)) continue;
+    let first = probe;
+    const low = Math.max(known, probe - step + 1);
+    while (first > low && zero(first - 1)) first--;
+    // Forward: 64 KiB at a time while all zeros, then sector by sector.
+    let end = probe + 1;
+    while (end < sectors) {
+      const blockEnd = Math.min(sectors, end + ZERO_BLOCK / SECTOR);
+      if (bytes[end * SECTOR] !== 0) break;
+      buf ??= bufferOf(bytes);
+      if (zeroIn(buf, end * SECTOR, Math.min(blockEnd * SECTOR, length))) {
+        end = blockEnd;
+        continue;
       }
-      if (zero) flags[s / SECTOR] = 1;
+      while (end < blockEnd && zero(end)) end++;
+      break;
     }
+    known = end + 1;
+    const startByte = first * SECTOR;
+    const endByte = Math.min(end * SECTOR, length);
+    if (endByte - startByte >= minSparse || (startByte === 0 && endByte === length)) runs.push(startByte, endByte);
   }
-  return flags;
+  return runs;
 }

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { pageAlignedBuffers } from '../src/aligned-buffers.js';
-import { isZero, zeroSectors } from '../src/zero-scan.js';
+import { isZero, zeroRuns } from '../src/zero-scan.js';
 
 describe('pageAlignedBuffers', () => {
   afterEach(() => {
@@ -23,7 +23,7 @@ describe('pageAlignedBuffers', () => {
     expect(isZero(buffers[2]!)).toBe(true);
     // The sector scans work on views of WebAssembly memory.
     buffers[2]!.fill(1, 512, 1024);
-    expect(Array.from(zeroSectors(buffers[2]!.subarray(0, 2048)))).toEqual([1, 0, 1, 1]);
+    expect(zeroRuns(buffers[2]!.subarray(0, 2048), 512)).toEqual([0, 512, 1024, 2048]);
   });
 
   it('falls back to ordinary buffers without WebAssembly memory', () => {

@@ -7,7 +7,7 @@ import type { ImageLike, OutputFile } from '../host.js';
 import { checkCacheMode, cvtnum, isQemuDriver } from '../options.js';
 import { hasHelpOption, isValidOptionList, QemuOpts } from '../qemu-opts.js';
 import { Progress } from '../progress.js';
-import { isZero, zeroSectors } from '../zero-scan.js';
+import { isZero, zeroRuns } from '../zero-scan.js';
 import { pageAlignedBuffers } from '../aligned-buffers.js';
 import { findSnapshot, parseSnapshotParam } from '../snapshot-param.js';
 import { checkGetopt } from '../usage.js';
@@ -317,25 +317,14 @@ async function writeChunk(
     await writeOut(output, chunk, offset, targetError);
     return;
   }
-  if (isZero(chunk)) return;
-  const zero = zeroSectors(chunk);
+  const runs = zeroRuns(chunk, minSparse);
   let spanStart = 0; // start of the bytes not yet written or skipped
-  let zeroStart = -1;
-  for (let i = 0; i < zero.length; i++) {
-    const s = i * SECTOR;
-    if (zero[i] === 1) {
-      if (zeroStart < 0) zeroStart = s;
-      continue;
-    }
-    if (zeroStart >= 0 && s - zeroStart >= minSparse) {
-      if (zeroStart > spanStart) await writeOut(output, chunk.subarray(spanStart, zeroStart), offset + spanStart, targetError);
-      spanStart = s;
-    }
-    zeroStart = -1;
+  for (let i = 0; i < runs.length; i += 2) {
+    const zeroStart = runs[i] as number;
+    if (zeroStart > spanStart) await writeOut(output, chunk.subarray(spanStart, zeroStart), offset + spanStart, targetError);
+    spanStart = runs[i + 1] as number;
   }
-  const tailZero = zeroStart >= 0 && chunk.length - zeroStart >= minSparse;
-  const end = tailZero ? zeroStart : chunk.length;
-  if (end > spanStart) await writeOut(output, chunk.subarray(spanStart, end), offset + spanStart, targetError);
+  if (chunk.length > spanStart) await writeOut(output, chunk.subarray(spanStart), offset + spanStart, targetError);
 }
 
 interface Qcow2Target {
@@ -695,28 +684,17 @@ interface Span {
  */
 function sparseSpans(chunk: Uint8Array, minSparse: number): Span[] {
   if (minSparse === 0) return [{ start: 0, end: chunk.length, data: true }];
-  if (isZero(chunk)) return [{ start: 0, end: chunk.length, data: false }];
+  const runs = zeroRuns(chunk, minSparse);
   const spans: Span[] = [];
-  const zero = zeroSectors(chunk);
   let spanStart = 0;
-  let zeroStart = -1;
-  for (let i = 0; i < zero.length; i++) {
-    const s = i * SECTOR;
-    if (zero[i] === 1) {
-      if (zeroStart < 0) zeroStart = s;
-      continue;
-    }
-    if (zeroStart >= 0 && s - zeroStart >= minSparse) {
-      if (zeroStart > spanStart) spans.push({ start: spanStart, end: zeroStart, data: true });
-      spans.push({ start: zeroStart, end: s, data: false });
-      spanStart = s;
-    }
-    zeroStart = -1;
+  for (let i = 0; i < runs.length; i += 2) {
+    const zeroStart = runs[i] as number;
+    const zeroEnd = runs[i + 1] as number;
+    if (zeroStart > spanStart) spans.push({ start: spanStart, end: zeroStart, data: true });
+    spans.push({ start: zeroStart, end: zeroEnd, data: false });
+    spanStart = zeroEnd;
   }
-  const tailZero = zeroStart >= 0 && chunk.length - zeroStart >= minSparse;
-  const end = tailZero ? zeroStart : chunk.length;
-  if (end > spanStart) spans.push({ start: spanStart, end, data: true });
-  if (tailZero) spans.push({ start: zeroStart, end: chunk.length, data: false });
+  if (chunk.length > spanStart) spans.push({ start: spanStart, end: chunk.length, data: true });
   return spans;
 }
 
