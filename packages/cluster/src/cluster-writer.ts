@@ -589,16 +589,65 @@ export class ClusterWriter {
   /**
    * One step of a write (qemu's qcow2_alloc_host_offset, handle_copied / handle_alloc, then the
    * data and qcow2_alloc_cluster_link_l2): the clusters from `offset` on, within one L2 slice,
-   * that are all kept or all newly allocated. Returns the bytes written.
+   * that are all kept or all newly allocated. Returns the bytes written. The allocating path is
+   * here; kept clusters go to #writeKept (a smaller function for the JIT to compile).
    */
   async #writeChunk(src: Uint8Array, pos: number, offset: number, remaining: number): Promise<number> {
     const cs = this.clusterSize;
     const inCluster = offset % cs;
     const clusterStart = offset - inCluster;
     const ref = this.#sliceNow(offset) ?? (await this.#slice(offset));
+    const scanned = this.#scan(ref, inCluster, remaining, clusterStart);
+    const keep = scanned < 0;
+    const count = keep ? -scanned : scanned;
+    const words = this.#words;
+    const bytes = Math.min(remaining, count * cs - inCluster);
+    this.#checkEntries(words, count, offset);
+    const cow = cowBounds(words, count, inCluster, bytes, keep, this.#geometry);
+    if (keep) return this.#writeKept(src, pos, offset, count, bytes, cow);
+
+    let host: number;
+    if (this.#dataFile) {
+      host = clusterStart;
+    } else {
+      // See #runAllocs: this request's place in the turn's batch.
+      const place = this.#allocCount;
+      this.#allocCount += count;
+      this.#allocBatch ??= RESOLVED.then(this.#runAllocs);
+      host = (await this.#allocBatch) + place * cs;
+      if (host === 0) throw corrupt(`${this.#what}: data cluster for guest offset ${hex(clusterStart)} would be allocated at offset 0`);
+    }
+    const target = host + inCluster;
+    const direct = cow.from === inCluster && cow.to === inCluster + bytes;
+    try {
+      if (direct) {
+        // #writeData without its own async frame: the guard, then the write, errors named below.
+        const body = pos === 0 && bytes === src.length ? src : src.subarray(pos, pos + bytes);
+        const refused = this.#o.writeGuard?.(target, bytes, 'data');
+        if (refused !== undefined) await refused;
+        await this.#data.write(body, target);
+      } else {
+        // Never written: it reads as zeros already (checked now, before anything is written there).
+        const fresh = this.#o.writtenEnd !== undefined && host + cow.from >= this.#o.writtenEnd();
+        await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow, fresh);
+      }
+    } catch (error) {
+      if (!this.#dataFile) await this.#refcounts.free(host, count * cs, 'never').catch(() => undefined);
+      throw direct ? wrap(error, `${this.#what}: data at host offset ${hex(target)}: write`) : error;
+    }
+    if (!this.#linkNow(offset, count, host, cow, false)) await this.#link(offset, count, host, cow, false);
+    return bytes;
+  }
+
+  /**
+   * The entries of the chunk from `ref` (released here): how many clusters from the first are all
+   * kept (COPIED, host-contiguous; returned negative) or all need a new cluster (positive). Their
+   * words are left in #words.
+   */
+  #scan(ref: SliceRef, inCluster: number, remaining: number, clusterStart: number): number {
+    const cs = this.clusterSize;
     let count = 1;
     let keep: boolean;
-    let words: Uint32Array;
     try {
       const b = ref.slice.bytes;
       const maxCount = Math.min(Math.ceil((inCluster + remaining) / cs), this.#sliceEntries - ref.index);
@@ -615,49 +664,26 @@ export class ClusterWriter {
           expected += cs;
         }
       }
-      words = this.#readWords(b, ref.index, count);
+      this.#readWords(b, ref.index, count);
     } finally {
       this.#cache.release(ref.slice);
     }
-    const bytes = Math.min(remaining, count * cs - inCluster);
-    this.#checkEntries(words, count, offset);
-    const cow = cowBounds(words, count, inCluster, bytes, keep, this.#geometry);
+    return keep ? -count : count;
+  }
 
-    if (keep) {
-      const host = this.#hostOf(words[0]!, words[1]!, clusterStart);
-      if (cow.skip) {
-        await this.#writeData(pos === 0 && bytes === src.length ? src : src.subarray(pos, pos + bytes), host + inCluster);
-        return bytes;
-      }
-      await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow);
-      if (!this.#linkNow(offset, count, host, cow, true)) await this.#link(offset, count, host, cow, true);
+  /** #writeChunk over `count` kept clusters (written in place, entries changed only for copy-on-write). */
+  async #writeKept(src: Uint8Array, pos: number, offset: number, count: number, bytes: number, cow: CowBounds): Promise<number> {
+    const cs = this.clusterSize;
+    const inCluster = offset % cs;
+    const clusterStart = offset - inCluster;
+    const words = this.#words;
+    const host = this.#hostOf(words[0]!, words[1]!, clusterStart);
+    if (cow.skip) {
+      await this.#writeData(pos === 0 && bytes === src.length ? src : src.subarray(pos, pos + bytes), host + inCluster);
       return bytes;
     }
-
-    let host: number;
-    if (this.#dataFile) {
-      host = clusterStart;
-    } else {
-      // See #runAllocs: this request's place in the turn's batch.
-      const place = this.#allocCount;
-      this.#allocCount += count;
-      this.#allocBatch ??= RESOLVED.then(this.#runAllocs);
-      host = (await this.#allocBatch) + place * cs;
-      if (host === 0) throw corrupt(`${this.#what}: data cluster for guest offset ${hex(clusterStart)} would be allocated at offset 0`);
-    }
-    // Never written: it reads as zeros already (checked now, before anything is written there).
-    const fresh = this.#o.writtenEnd !== undefined && host + cow.from >= this.#o.writtenEnd();
-    try {
-      if (cow.from === inCluster && cow.to === inCluster + bytes) {
-        await this.#writeData(pos === 0 && bytes === src.length ? src : src.subarray(pos, pos + bytes), host + inCluster);
-      } else {
-        await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow, fresh);
-      }
-    } catch (error) {
-      if (!this.#dataFile) await this.#refcounts.free(host, count * cs, 'never').catch(() => undefined);
-      throw error;
-    }
-    if (!this.#linkNow(offset, count, host, cow, false)) await this.#link(offset, count, host, cow, false);
+    await this.#writeWithCow(src, pos, bytes, offset, clusterStart, host, cow);
+    if (!this.#linkNow(offset, count, host, cow, true)) await this.#link(offset, count, host, cow, true);
     return bytes;
   }
 
