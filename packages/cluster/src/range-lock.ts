@@ -85,10 +85,11 @@ export class RangeLock {
       list[i] = moved;
       moved.index = i;
     }
-    if (list.length === 0) {
-      this.#low = Infinity;
-      this.#high = -Infinity;
-    }
+    // Stored on every release (not only once empty): a store that runs each time keeps its
+    // type feedback, so optimized callers are not deoptimized the first time the lock empties.
+    const empty = list.length === 0;
+    this.#low = empty ? Infinity : this.#low;
+    this.#high = empty ? -Infinity : this.#high;
     if (this.#waiting.length > 0) this.#wake();
   }
 

@@ -93,9 +93,17 @@ function overlaps(at: number, bytes: number, start: number, stop: number): boole
   return bytes > 0 && at < stop && start < at + bytes;
 }
 
-/** Cluster indexes, sorted, for binary searches. */
+/**
+ * Cluster indexes, sorted, for binary searches, followed by an Infinity sentinel: a search always
+ * reads an element, so the element load has type feedback from the first check on (an empty list
+ * at first, as before the first L2 table, would otherwise deoptimize the check later).
+ */
 function sortedIndex(clusters: number[]): Float64Array {
-  return Float64Array.from(clusters).sort();
+  const sorted = new Float64Array(clusters.length + 1);
+  sorted.set(clusters);
+  sorted.subarray(0, clusters.length).sort();
+  sorted[clusters.length] = Infinity;
+  return sorted;
 }
 
 /** A snapshot's L1 table, as the snapshot table records it. */
@@ -135,12 +143,12 @@ export class OverlapChecker {
   #snapshotOffset = 0;
   #snapshotLength = 0;
   #snapshotL1s: readonly SnapshotL1[] = [];
-  #inactiveL2: Float64Array = new Float64Array(0);
+  #inactiveL2: Float64Array = sortedIndex([]);
   readonly #bitmapDirectory: (() => { readonly offset: number; readonly length: number } | undefined) | undefined;
   #l2Version = -1;
-  #l2: Float64Array = new Float64Array(0);
+  #l2: Float64Array = sortedIndex([]);
   #blockVersion = -1;
-  #blocks: Float64Array = new Float64Array(0);
+  #blocks: Float64Array = sortedIndex([]);
 
   constructor(options: OverlapCheckerOptions) {
     this.mask = options.mask;
@@ -204,16 +212,16 @@ export class OverlapChecker {
     return undefined;
   }
 
-  /** True when a cluster index in `[first, end)` is in `sorted` (a binary search). */
+  /** True when a cluster index in `[first, end)` is in `sorted` (a binary search; see sortedIndex's sentinel). */
   #any(sorted: Float64Array, first: number, end: number): boolean {
     let lo = 0;
-    let hi = sorted.length;
+    let hi = sorted.length - 1;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (sorted[mid]! < first) lo = mid + 1;
       else hi = mid;
     }
-    return lo < sorted.length && sorted[lo]! < end;
+    return sorted[lo]! < end;
   }
 
   /** The cluster(s) a one-cluster table at `offset` covers (two when it is not aligned, as qemu's check counts it). */
