@@ -63,6 +63,11 @@ export class Qcow2Writable {
   readonly #p: WritableParts;
   #writer: ClusterWriter | undefined;
   #incompatible: bigint;
+  /**
+   * The dirty bit of #incompatible as a boolean, kept with it: asked on every allocating write
+   * (accurateRefcounts), where a BigInt `&` allocated and cost more than the rest of the check.
+   */
+  #dirty: boolean;
   #autoclear: bigint;
   #prepared: Promise<void> | undefined;
   #closed = false;
@@ -75,6 +80,7 @@ export class Qcow2Writable {
   constructor(parts: WritableParts) {
     this.#p = parts;
     this.#incompatible = parts.incompatibleFeatures;
+    this.#dirty = (parts.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
     this.#autoclear = parts.autoclearFeatures;
     this.#what = `qcow2 image${parts.name === undefined ? '' : ` ${parts.name}`}`;
   }
@@ -91,7 +97,7 @@ export class Qcow2Writable {
 
   /** The dirty bit is set now. */
   get dirty(): boolean {
-    return (this.#incompatible & INCOMPAT_DIRTY) !== 0n;
+    return this.#dirty;
   }
 
   /** The autoclear feature bits as they are in the header now. */
@@ -143,7 +149,7 @@ export class Qcow2Writable {
     try {
       await storage.write(mask(value), INCOMPATIBLE_FEATURES_AT);
       await storage.flush();
-      this.#incompatible = value;
+      this.#setIncompatible(value);
     } catch {
       // As qemu, which ignores a failure of qcow2_mark_corrupt: the writes are refused anyway.
     }
@@ -222,7 +228,12 @@ export class Qcow2Writable {
     const storage = this.#p.storage;
     await this.#io(() => storage.write(mask(value), INCOMPATIBLE_FEATURES_AT), 'header incompatible_features at 0x48: write');
     await this.#io(() => storage.flush(), 'header incompatible_features: flush');
+    this.#setIncompatible(value);
+  }
+
+  #setIncompatible(value: bigint): void {
     this.#incompatible = value;
+    this.#dirty = (value & INCOMPAT_DIRTY) !== 0n;
   }
 
   /** Clears the dirty bit after a repair, with everything before it durable. */
