@@ -11,11 +11,22 @@ function fatal(error: unknown): void {
 
 process.on('uncaughtException', fatal);
 process.on('unhandledRejection', fatal);
-// A closed pipe (`qcow2 map big.qcow2 | head`) ends the output quietly, as for C tools.
-process.stdout.on('error', (error: NodeJS.ErrnoException) => {
-  if (error.code === 'EPIPE') process.exit(0);
-  fatal(error);
-});
+/**
+ * process.stdout, made (and given its error handler) on the first output: making it loads
+ * Node's stream modules, which a command that prints nothing (convert, create -q) does not need.
+ */
+let stdoutStream: NodeJS.WriteStream | undefined;
+function stdout(): NodeJS.WriteStream {
+  if (stdoutStream === undefined) {
+    stdoutStream = process.stdout;
+    // A closed pipe (`qcow2 map big.qcow2 | head`) ends the output quietly, as for C tools.
+    stdoutStream.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'EPIPE') process.exit(0);
+      fatal(error);
+    });
+  }
+  return stdoutStream;
+}
 
 async function stdinLines(): Promise<string[]> {
   const { createInterface } = await import('node:readline'); // only `io` reads stdin: not loaded otherwise
@@ -27,7 +38,7 @@ async function stdinLines(): Promise<string[]> {
 let pending = '';
 const flush = (): void => {
   if (pending !== '') {
-    process.stdout.write(pending);
+    stdout().write(pending);
     pending = '';
   }
 };

@@ -1,5 +1,4 @@
 import { Qcow2Error, type Storage, type StorageResolver } from '@qcow2/storage';
-import { createHttpStorage } from '@qcow2/storage-http';
 
 /**
  * Image operands and backing files given as http:// or https:// URLs: opened read-only with
@@ -11,8 +10,12 @@ export function isHttpUrl(name: string): boolean {
   return /^https?:\/\//i.test(name);
 }
 
-/** Opens `url` as a read-only Storage over HTTP Range requests. */
-export function openUrlStorage(url: string): Promise<Storage> {
+/**
+ * Opens `url` as a read-only Storage over HTTP Range requests. @qcow2/storage-http is loaded
+ * here, on the first URL: commands on local files do not parse it.
+ */
+export async function openUrlStorage(url: string): Promise<Storage> {
+  const { createHttpStorage } = await import('@qcow2/storage-http');
   return createHttpStorage(url);
 }
 
