@@ -9,6 +9,8 @@ import {
   l2EntryProblem,
   l2SubclusterType,
   L1E_RESERVED_HI,
+  L2E_COMPRESSED_HI,
+  L2E_ZERO_LO,
   L1E_RESERVED_LO,
   MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS,
@@ -319,8 +321,30 @@ export class ClusterMap {
     const limit = Math.min(offset + maxLength, clusterStart + (sliceFirst + this.#sliceEntries - l2Index) * clusterSize);
 
     let p = (l2Index - sliceFirst) * entrySize;
-    let hi = u32(slice, p);
-    let lo = u32(slice, p + 4);
+    let hi = ((slice[p]! << 24) | (slice[p + 1]! << 16) | (slice[p + 2]! << 8) | slice[p + 3]!) >>> 0;
+    let lo = ((slice[p + 4]! << 24) | (slice[p + 5]! << 16) | (slice[p + 6]! << 8) | slice[p + 7]!) >>> 0;
+    // The common case first, without helper calls (a sequential read runs this per request): a
+    // standard entry of an allocated, uncompressed, non-zero cluster below 2^53, cluster-aligned,
+    // that the request ends in. The checks are those of the general path below, which gives
+    // every other entry (and every error) its treatment.
+    if (
+      !extended &&
+      !dataFile &&
+      !this.#strict &&
+      (hi & (L2E_COMPRESSED_HI | ABOVE_2_53_HI)) === 0 &&
+      (lo & L2E_ZERO_LO) === 0 &&
+      limit <= clusterStart + clusterSize
+    ) {
+      const host = (hi & OFFSET_MASK_HI) * TWO_POW_32 + ((lo & OFFSET_MASK_LO) >>> 0);
+      if (host !== 0 && host % clusterSize === 0) {
+        run.kind = 'data';
+        run.offset = offset;
+        run.length = limit - offset;
+        run.hostOffset = host + inCluster;
+        run.compressedLength = 0;
+        return;
+      }
+    }
     let bitmapHi = extended ? u32(slice, p + 8) : 0;
     let bitmapLo = extended ? u32(slice, p + 12) : 0;
     if (this.#strict) this.#checkEntry(l2Offset, l2Index, hi, lo, bitmapHi, bitmapLo);

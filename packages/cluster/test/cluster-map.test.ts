@@ -263,6 +263,33 @@ describe('ClusterMap lookups against the decoded-entry model', () => {
     );
   });
 
+  it('maps a request that ends in the cluster it starts in (the per-request fast path) as the model says', async () => {
+    await fc.assert(
+      fc.asyncProperty(fixtureArb, fc.nat(), fc.nat(), fc.nat(), async (f, c, a, b) => {
+        const cs = 2 ** f.clusterBits;
+        const span = (cs / (f.extended ? 16 : 8)) * cs;
+        // A cluster among the random entries of some table, a range inside it.
+        const cluster = (c % f.tables.length) * (span / cs) + ((c >>> 2) % USED_ENTRIES);
+        const start = a % cs;
+        const length = 1 + (b % (cs - start));
+        const offset = cluster * cs + start;
+        const map = createClusterMap({
+          clusterBits: f.clusterBits,
+          extendedL2: f.extended,
+          l1: createL1Table(f.file, 0, f.l1Size),
+          l2Cache: cacheOver(f.file, f.sliceSize),
+        });
+        const run = createRun();
+        await map.lookup(offset, length, run);
+        expect(run.offset).toBe(offset);
+        checkRuns(f, offset, run.length, [run]);
+        // A whole-cluster request of a data cluster is one run of the cluster.
+        if (start === 0 && length === cs && run.kind === 'data') expect(run.length).toBe(cs);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it('answers synchronously when the slice is in memory, and only then', async () => {
     const f: Omit<Fixture, 'file'> = {
       clusterBits: 16,
