@@ -1,14 +1,13 @@
 import { deflateRaw } from 'pako';
 import { corrupt, invalidArgument } from '@qcow2/format';
+import { DEFLATE_LEVEL, DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS } from './deflate-params.js';
 
 /**
  * The raw deflate qemu writes for a compressed cluster: zlib's default level (6), a 4 KiB window
  * (windowBits -12) and memLevel 9, no zlib header. Any inflater, including one with a 4 KiB
  * window, reads it back.
  */
-export const DEFLATE_LEVEL = 6;
-export const DEFLATE_WINDOW_BITS = 12;
-export const DEFLATE_MEM_LEVEL = 9;
+export { DEFLATE_LEVEL, DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS } from './deflate-params.js';
 
 /**
  * Compresses `src` as qemu does; returns null when the stream would not be shorter than

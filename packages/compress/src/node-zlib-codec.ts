@@ -1,7 +1,7 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { corrupt, hex, invalidArgument } from '@qcow2/format';
 import type { ClusterCodec } from './codec.js';
-import { DEFLATE_LEVEL, DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS } from './deflate-raw.js';
+import { DEFLATE_LEVEL, DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS } from './deflate-params.js';
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

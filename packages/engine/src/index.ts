@@ -1,6 +1,5 @@
 export { openImage, DEFAULT_MAX_BACKING_DEPTH } from './open-image.js';
 export { probeFormat } from './probe-format.js';
-export { checkRefcounts, type CopiedFlagError, type RefcountCheckResult } from './refcount-check.js';
 export { walkReferences, type ImageLayout } from './reference-walk.js';
 export type {
   CorruptionEvent,

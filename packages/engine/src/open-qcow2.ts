@@ -38,7 +38,6 @@ import { Qcow2Image, type Qcow2Parts } from './qcow2-image.js';
 import { Qcow2Writable, WriteTrackingStorage } from './qcow2-writable.js';
 import { ImageOverlapGuard, resolveOverlapChecks } from './overlap-check.js';
 import { ReadEpochs } from './read-epochs.js';
-import { layoutOf, repairRefcounts } from './refcount-check.js';
 import { createSnapshotOps, snapshotInfo, type SnapshotOps } from './snapshot-ops.js';
 import { readSnapshotTable } from './snapshot-table.js';
 import type { Image, OpenOptions } from './types.js';
@@ -239,7 +238,8 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
       });
       overlap?.connect(refcounts, writableState);
       if ((header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
-        // qemu repairs a dirty image before using it for writing.
+        // qemu repairs a dirty image before using it for writing (the repair is loaded only then).
+        const { layoutOf, repairRefcounts } = await import('./refcount-check.js');
         await repairRefcounts(storage, layoutOf(header, extensions, stored, snapshotTableLength), refcounts, activeL1!);
         await writableState.markClean();
       }
