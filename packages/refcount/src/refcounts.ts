@@ -386,6 +386,8 @@ export class Refcounts {
       if (!Number.isSafeInteger(count) || count < 1 || count * this.clusterSize > Number.MAX_SAFE_INTEGER) {
         throw invalidArgument(`allocate clusters: ${String(count)} is not a positive number of clusters`);
       }
+      const cached = this.#allocInCachedBlock(count);
+      if (cached >= 0) return cached * this.clusterSize;
       const first = await this.#findFree(count, NO_AVOID);
       await this.#update(first * this.clusterSize, count * this.clusterSize, 1, 'never', NO_AVOID);
       return first * this.clusterSize;
@@ -585,6 +587,40 @@ export class Refcounts {
     } finally {
       this.cache.release(entry);
     }
+  }
+
+  /**
+   * allocClusters' section in one synchronous step when it needs no I/O: the `count` clusters
+   * from the free cluster index are all free and described by one refcount block that exists and
+   * is cached (sequential allocation on a growing image). Their refcounts become 1 and the index
+   * moves past them, as #findFree + #update would do. Returns the first cluster, or -1 with
+   * nothing changed (then #findFree + #update do it, checks and errors included).
+   */
+  #allocInCachedBlock(count: number): number {
+    if (this.#cacheDiscards && this.#discards.size > 0) return -1;
+    const be = this.blockEntries;
+    const order = this.refcountOrder;
+    const first = this.#freeClusterIndex;
+    const index = Math.floor(first / be);
+    const base = index * be;
+    if (first + count > base + be || index >= this.#tableSize) return -1;
+    const block = this.#offsets[index]!;
+    if (block <= 0) return -1;
+    const entry = this.cache.tryAcquire(block);
+    if (entry === undefined) return -1;
+    try {
+      const bytes = entry.bytes;
+      for (let c = first - base; c < first - base + count; c++) if (readEntry(bytes, c, order) !== 0) return -1;
+      // Marked dirty first: it refuses (read-only storage) before anything has changed.
+      this.cache.markDirty(entry);
+      for (let c = first - base; c < first - base + count; c++) setRefcount(bytes, c, order, 1);
+    } catch {
+      return -1;
+    } finally {
+      this.cache.release(entry);
+    }
+    this.#freeClusterIndex = first + count;
+    return first;
   }
 
   /**

@@ -129,6 +129,20 @@ describe('allocation', () => {
     expect(await rc.allocClusters(2)).toBe(4 * 512); // 4 and 5
   });
 
+  it('runs in call order after the operations queued before it, also when it could be done at once', async () => {
+    const rc = await openImage(await makeImage(9, 4));
+    expect(await rc.allocClusters(4)).toBe(3 * 512); // clusters 3..6; their block is cached now
+    // Not awaited: the free is queued when the allocation is asked for, so the allocation sees cluster 4 free.
+    const freeing = rc.free(4 * 512, 512, 'never');
+    const at = rc.allocClusters(1);
+    await freeing;
+    expect(await at).toBe(4 * 512);
+    expect(await rc.allocClusters(2)).toBe(7 * 512); // 5 and 6 are taken: the queued path searches on
+    expect(await rc.allocClusters(3)).toBe(9 * 512); // free from the index on, in a cached block
+    expect(await Promise.all([4, 5, 7, 8, 9, 10, 11, 12].map((c) => rc.get(c)))).toEqual([1, 1, 1, 1, 1, 1, 1, 0]);
+    expect(rc.freeClusterIndex).toBe(12);
+  });
+
   it('allocAt allocates the free prefix only', async () => {
     const rc = await openImage(await makeImage(9, 4));
     await rc.allocAt(10 * 512, 1);
