@@ -11,6 +11,9 @@ interface Request {
   grant: (handle: RangeHandle) => void;
 }
 
+/** -Infinity as a constant: a unary minus only evaluated when the lock empties would lack feedback too. */
+const NO_HIGH = -Infinity;
+
 function overlaps(aFirst: number, aLast: number, bFirst: number, bLast: number): boolean {
   return aFirst <= bLast && bFirst <= aLast;
 }
@@ -89,7 +92,7 @@ export class RangeLock {
     // type feedback, so optimized callers are not deoptimized the first time the lock empties.
     const empty = list.length === 0;
     this.#low = empty ? Infinity : this.#low;
-    this.#high = empty ? -Infinity : this.#high;
+    this.#high = empty ? NO_HIGH : this.#high;
     if (this.#waiting.length > 0) this.#wake();
   }
 
