@@ -96,23 +96,35 @@ export function zeroRuns(bytes: Uint8Array, minSparse: number): number[] {
     let first = probe;
     const low = Math.max(known, probe - step + 1);
     while (first > low && zero(first - 1)) first--;
-    // Forward: 64 KiB at a time while all zeros, then sector by sector.
-    let end = probe + 1;
-    while (end < sectors) {
-      const blockEnd = Math.min(sectors, end + ZERO_BLOCK / SECTOR);
-      if (bytes[end * SECTOR] !== 0) break;
-      buf ??= bufferOf(bytes);
-      if (zeroIn(buf, end * SECTOR, Math.min(blockEnd * SECTOR, length))) {
-        end = blockEnd;
+    // Forward: 64 KiB at a time while all zeros, then the first sector with data by bisection.
+    let endByte = (probe + 1) * SECTOR;
+    buf ??= bufferOf(bytes);
+    while (endByte < length && bytes[endByte] === 0) {
+      const blockEnd = Math.min(length, endByte + ZERO_BLOCK);
+      if (zeroIn(buf, endByte, blockEnd)) {
+        endByte = blockEnd;
         continue;
       }
-      while (end < blockEnd && zero(end)) end++;
+      endByte = firstSectorWithData(buf, endByte, blockEnd);
       break;
     }
-    known = end + 1;
+    endByte = Math.min(endByte, length);
+    known = Math.ceil(endByte / SECTOR) + 1;
     const startByte = first * SECTOR;
-    const endByte = Math.min(end * SECTOR, length);
     if (endByte - startByte >= minSparse || (startByte === 0 && endByte === length)) runs.push(startByte, endByte);
   }
   return runs;
+}
+
+/**
+ * The start of the first sector of [from, to) that is not all zeros, knowing that one is (`from`
+ * a sector start; `to` a sector start or the end of the buffer): halves compared natively.
+ */
+function firstSectorWithData(buf: Buffer, from: number, to: number): number {
+  while (to - from > SECTOR) {
+    const mid = from + Math.max(1, Math.floor((to - from) / (2 * SECTOR))) * SECTOR;
+    if (zeroIn(buf, from, mid)) from = mid;
+    else to = mid;
+  }
+  return from;
 }
