@@ -92,7 +92,8 @@ export function zeroRuns(bytes: Uint8Array, minSparse: number): number[] {
   /** Sectors below this one are classified (the one just below, if any, is not all zeros). */
   let known = 0;
   for (let probe = 0; probe < sectors; probe += step) {
-    if (probe < known || !zero(probe)) continue;
+    probe = nextCandidate(bytes, Math.max(probe, Math.ceil(known / step) * step), step);
+    if (probe >= sectors || !zero(probe)) continue;
     let first = probe;
     const low = Math.max(known, probe - step + 1);
     while (first > low && zero(first - 1)) first--;
@@ -127,4 +128,20 @@ function firstSectorWithData(buf: Buffer, from: number, to: number): number {
     else to = mid;
   }
   return from;
+}
+
+/**
+ * The first sector at or after `sector`, stepping `step` sectors, whose first, middle and last
+ * bytes are zero (a candidate for an all-zero sector), or one past the end. The one loop that
+ * runs over data, kept apart and small: it is what gets hot, and it is cheap to optimize.
+ */
+function nextCandidate(bytes: Uint8Array, sector: number, step: number): number {
+  const length = bytes.length;
+  const stride = step * SECTOR;
+  let at = sector * SECTOR;
+  for (; at < length; at += stride) {
+    const end = Math.min(at + SECTOR, length);
+    if (bytes[at] === 0 && bytes[end - 1] === 0 && bytes[(at + end) >>> 1] === 0) break;
+  }
+  return Math.ceil(at / SECTOR);
 }
