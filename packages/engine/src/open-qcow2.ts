@@ -1,6 +1,6 @@
 import { createTableCache, resolveCacheConfig, type CacheConfigOptions, type TableCache } from '@qcow2/cache';
 import { ActiveL1Table, createClusterMap, createClusterWriter, loadL1Table, readFully, type ClusterWriter, type L1Table } from '@qcow2/cluster';
-import { getCodec, type ClusterCodec } from '@qcow2/compress';
+import type { ClusterCodec } from '@qcow2/compress';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -245,7 +245,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
       }
     }
 
-    let codec: ClusterCodec | undefined;
+    let codec: Promise<ClusterCodec> | undefined;
     const cache = l2Cache;
     const ownedRefcounts = refcounts;
     const table: SnapshotTableState = {
@@ -262,7 +262,13 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
       dataName,
       dataSize,
       l2Cache: cache,
-      codec: () => (codec ??= getCodec(header.compressionType)),
+      // The codecs are imported on first use: opening, plain reads and writes never load them.
+      codec: () => (codec ??= import('@qcow2/compress').then(
+        (m) => m.getCodec(header.compressionType),
+        (error: unknown) => {
+          throw unsupported(`${what}: the compression codecs (@qcow2/compress) could not be loaded`, error);
+        },
+      )),
       virtualSize,
       clusterSize,
       backingFile: backingFileName,
@@ -313,7 +319,7 @@ export async function openQcow2(callerStorage: Storage, options: OpenOptions, op
           read: (dst, offset) => image.read(dst, offset),
           isZero: async (offset, length) => (await extentsOf(offset, length)).every((e) => e.kind !== 'data'),
         },
-        compressor: { compress: (src) => parts.codec().compress(src) },
+        compressor: { compress: async (src) => (await parts.codec()).compress(src) },
         unmap: options.discard === 'unmap',
         discardPolicy: {
           request: options.passDiscardRequest ?? options.discard === 'unmap',

@@ -22,7 +22,11 @@ export interface Qcow2Parts {
   /** Size of the data file at open: reads that end within it need no zero-fill check. */
   dataSize: number;
   l2Cache: TableCache;
-  codec: () => ClusterCodec;
+  /**
+   * The image's compression codec, loaded (`@qcow2/compress` imported) on the first compressed
+   * cluster read or compressed write; the same promise afterwards.
+   */
+  codec: () => Promise<ClusterCodec>;
   virtualSize: number;
   clusterSize: number;
   backingFile: string | undefined;
@@ -312,9 +316,9 @@ export class Qcow2Image implements Image {
     const cluster = this.#clusters.pop() ?? new Uint8Array(clusterSize);
     try {
       const src = scratch.subarray(0, compressedLength);
-      await readFully(this.#parts.storage, src, host);
+      const [codec] = await Promise.all([this.#parts.codec(), readFully(this.#parts.storage, src, host)]);
       try {
-        this.#parts.codec().decompress(src, cluster);
+        codec.decompress(src, cluster);
       } catch (error) {
         const message = isQcow2Error(error) ? error.message : String(error);
         throw new Qcow2Error(
