@@ -202,6 +202,66 @@ describe('bench -w (fake writable image)', () => {
     expect(image.calls.filter((c) => c.startsWith('write')).every((c) => c.endsWith(' 9'))).toBe(true);
   });
 
+  it('writethrough: each write is flushed before it completes; the run returns only once nothing is in flight', async () => {
+    const image = new WritableFake(1 << 20);
+    let active = 0;
+    let unflushed = 0;
+    let maxUnflushedAtFlush = 0;
+    let completedBeforeFlush = 0;
+    const write = image.write.bind(image);
+    const flush = image.flush.bind(image);
+    Object.assign(image, {
+      write: async (src: Uint8Array, offset: number) => {
+        active += 1;
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        await write(src, offset);
+        unflushed += 1;
+        active -= 1;
+      },
+      flush: async () => {
+        active += 1;
+        maxUnflushedAtFlush = Math.max(maxUnflushedAtFlush, unflushed);
+        unflushed = 0;
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        await flush();
+        active -= 1;
+      },
+    });
+    const r = await run(
+      ['bench', '-w', '-c', '7', '-d', '3', '-s', '4k', '-t', 'writethrough', '--flush-interval=3', '--no-drain', 'x.qcow2'],
+      fakeHost({ 'x.qcow2': image }),
+    );
+    completedBeforeFlush = unflushed;
+    expect(r.stderr).toBe('');
+    expect(active).toBe(0);
+    expect(completedBeforeFlush).toBe(0);
+    expect(image.calls.filter((c) => c.startsWith('write')).length).toBe(7);
+    // One flush per write, and the interval flushes on top.
+    expect(image.calls.filter((c) => c === 'flush').length).toBeGreaterThan(7);
+    expect(maxUnflushedAtFlush).toBeGreaterThan(0);
+  });
+
+  it('a failed flush ends the run with its message once the writes in flight have settled', async () => {
+    const image = new WritableFake(1 << 20);
+    let active = 0;
+    const write = image.write.bind(image);
+    Object.assign(image, {
+      write: async (src: Uint8Array, offset: number) => {
+        active += 1;
+        await new Promise((resolve) => setTimeout(resolve, offset === 0 ? 1 : 5));
+        await write(src, offset);
+        active -= 1;
+      },
+      flush: async () => {
+        throw new Error('disk gone');
+      },
+    });
+    const r = await run(['bench', '-w', '-c', '8', '-d', '4', '-s', '4k', '--flush-interval=4', '--no-drain', 'x.qcow2'], fakeHost({ 'x.qcow2': image }));
+    expect(r.stderr).toBe('qcow2: Failed flush request: disk gone\n');
+    expect(r.code).toBe(1);
+    expect(active).toBe(0);
+  });
+
   it('a write past the end of the image: qemu 7.2\'s failed request', async () => {
     const image = new WritableFake(1 << 20);
     const r = await run(['bench', '-w', '-c', '3', '-s', '512k', '-S', '768k', 'x.qcow2'], fakeHost({ 'x.qcow2': image }));

@@ -214,45 +214,61 @@ interface WriteSettings {
 /**
  * bench_cb in write mode: `depth` writes in flight; after the completion that makes the number of
  * finished requests a multiple of the flush interval, a flush — with drain, once the writes in
- * flight have completed and before any new one starts; without, alongside them.
+ * flight have completed and before any new one starts; without, alongside them. With writethrough
+ * each write is followed by its flush before it counts as completed. The run ends when every
+ * request has completed (or one failed) and nothing started is still running: a counter of the
+ * writes and flushes in flight, not a set of their promises.
  */
 async function runWriteBench(image: BenchTarget, plan: BenchPlan, settings: WriteSettings): Promise<void> {
   const buffer = new Uint8Array(plan.bufferSize).fill(settings.pattern);
+  const { depth, bufferSize, step, imageSize } = plan;
+  const { flushInterval, drain, writethrough } = settings;
   let n = plan.count;
   let inFlight = 0;
+  /** Writes and flushes started and not yet settled (what the end of the run waits for). */
+  let running = 0;
   let inFlush = false;
   let next = plan.offset;
   let failure: CliError | undefined;
-  const pending = new Set<Promise<void>>();
   let finish: () => void = () => undefined;
   const finished = new Promise<void>((resolve) => {
     finish = resolve;
   });
-  const track = (p: Promise<void>): void => {
-    pending.add(p);
-    void p.finally(() => pending.delete(p));
+  const settle = (): void => {
+    if ((n === 0 || failure !== undefined) && running === 0) finish();
   };
   const fail = (error: unknown): void => {
     failure ??= error instanceof CliError ? error : failedRequest(describeError(error));
-    finish();
+  };
+  const failed = (error: unknown): void => {
+    running -= 1;
+    fail(error);
+    settle();
   };
   const flush = (then: (() => void) | undefined): void => {
-    track(
-      image.flush().then(
-        () => then?.(),
-        (error: unknown) => fail(new CliError(`Failed flush request: ${describeError(error)}`)),
-      ),
+    running += 1;
+    image.flush().then(
+      () => {
+        running -= 1;
+        then?.();
+        settle();
+      },
+      (error: unknown) => {
+        running -= 1;
+        fail(new CliError(`Failed flush request: ${describeError(error)}`));
+        settle();
+      },
     );
   };
   const completed = (): void => {
+    running -= 1;
     const remaining = n - inFlight;
     n -= 1;
     inFlight -= 1;
     // The last completion can start a flush too; the run is over either way (qemu's loop ends at n == 0).
-    if (n === 0) finish();
-    if (settings.flushInterval !== 0 && remaining % settings.flushInterval === 0) {
-      if (inFlight === 0 || !settings.drain) {
-        if (settings.drain) {
+    if (flushInterval !== 0 && remaining % flushInterval === 0) {
+      if (inFlight === 0 || !drain) {
+        if (drain) {
           inFlush = true;
           flush(() => {
             inFlush = false;
@@ -262,30 +278,32 @@ async function runWriteBench(image: BenchTarget, plan: BenchPlan, settings: Writ
           flush(undefined);
         }
       }
-      if (settings.drain) return;
+      if (drain) {
+        settle();
+        return;
+      }
     }
     issue();
+    settle();
   };
+  const flushWritten = (): Promise<void> => image.flush().then(completed, failed);
   const issue = (): void => {
-    while (failure === undefined && !inFlush && n > inFlight && inFlight < plan.depth) {
+    while (failure === undefined && !inFlush && n > inFlight && inFlight < depth) {
       const at = next;
       inFlight += 1;
-      next = nextBenchOffset(next, plan.step, plan.imageSize, plan.bufferSize);
-      if (at + plan.bufferSize > plan.imageSize) {
+      next = nextBenchOffset(next, step, imageSize, bufferSize);
+      if (at + bufferSize > imageSize) {
         fail(failedRequest('Input/output error'));
         return;
       }
-      track(
-        image
-          .write(buffer, at)
-          .then(() => (settings.writethrough ? image.flush() : undefined))
-          .then(completed, fail),
-      );
+      running += 1;
+      if (writethrough) void image.write(buffer, at).then(flushWritten, failed);
+      else void image.write(buffer, at).then(completed, failed);
     }
   };
   if (n === 0) return;
   issue();
+  settle();
   await finished;
-  await Promise.allSettled([...pending]);
   if (failure !== undefined) throw failure;
 }
