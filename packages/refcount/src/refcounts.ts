@@ -95,6 +95,32 @@ function isSize(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
+/**
+ * Whether entries [from, to) of a refcount block are all 0. 16-bit refcounts (the default) are
+ * read in place; the loop is its own small function so that the JIT compiles it, not the switch
+ * of readEntry inlined into #allocInCachedBlock.
+ */
+function allZero(bytes: Uint8Array, from: number, to: number, order: number): boolean {
+  if (order === 4) {
+    for (let i = from * 2; i < to * 2; i++) if (bytes[i] !== 0) return false;
+    return true;
+  }
+  for (let c = from; c < to; c++) if (readEntry(bytes, c, order) !== 0) return false;
+  return true;
+}
+
+/** Sets entries [from, to) of a refcount block to 1 (see allZero). */
+function setOnes(bytes: Uint8Array, from: number, to: number, order: number): void {
+  if (order === 4) {
+    for (let c = from; c < to; c++) {
+      bytes[c * 2] = 0;
+      bytes[c * 2 + 1] = 1;
+    }
+    return;
+  }
+  for (let c = from; c < to; c++) setRefcount(bytes, c, order, 1);
+}
+
 function inAvoid(cluster: number, avoid: Avoid): boolean {
   for (const [start, end] of avoid) if (cluster >= start && cluster < end) return true;
   return false;
@@ -610,10 +636,10 @@ export class Refcounts {
     if (entry === undefined) return -1;
     try {
       const bytes = entry.bytes;
-      for (let c = first - base; c < first - base + count; c++) if (readEntry(bytes, c, order) !== 0) return -1;
+      if (!allZero(bytes, first - base, first - base + count, order)) return -1;
       // Marked dirty first: it refuses (read-only storage) before anything has changed.
       this.cache.markDirty(entry);
-      for (let c = first - base; c < first - base + count; c++) setRefcount(bytes, c, order, 1);
+      setOnes(bytes, first - base, first - base + count, order);
     } catch {
       return -1;
     } finally {
