@@ -1,7 +1,7 @@
 import { invalidArgument, Qcow2Error, unsupported } from '@qcow2/format';
 import type { Storage } from '@qcow2/storage';
 import { combineName, nameKey } from './backing-name.js';
-import { prefixed } from './prefixed-error.js';
+import { openQcow2, prefixed } from './open-qcow2.js';
 import { probeFormat } from './probe-format.js';
 import { RawImage } from './raw-image.js';
 import type { Image, ImageFormat, OpenOptions } from './types.js';
@@ -45,8 +45,6 @@ async function openLayer(storage: Storage, options: OpenOptions, chain: Chain): 
     return new RawImage(storage, await storage.size(), options.name, write);
   }
   if (format !== 'qcow2') throw unsupported(`image format ${JSON.stringify(format)} is not supported (qcow2 and raw are)`);
-  // The qcow2 code (cluster map, caches, refcounts, snapshots) is loaded by the first qcow2 open.
-  const { openQcow2 } = await import('./open-qcow2.js');
   return openQcow2(storage, options, (name, backingFormat) => openBacking(name, backingFormat, options, chain));
 }
 

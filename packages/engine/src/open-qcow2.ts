@@ -19,6 +19,7 @@ import {
   invalidArgument,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTENDED_L2,
+  isQcow2Error,
   L1_ENTRY_SIZE,
   MAX_L1_ENTRIES,
   MAX_L1_SIZE_BYTES,
@@ -33,7 +34,6 @@ import { openRefcounts, type DiscardPolicy, type Refcounts } from '@qcow2/refcou
 import { findSnapshotByIdOrName, InternalSnapshots, snapshotL1Offset, type SnapshotTableState } from '@qcow2/snapshot';
 import type { Storage } from '@qcow2/storage';
 import { combineName } from './backing-name.js';
-import { prefixed } from './prefixed-error.js';
 import { Qcow2Image, type Qcow2Parts } from './qcow2-image.js';
 import { Qcow2Writable, WriteTrackingStorage } from './qcow2-writable.js';
 import { ImageOverlapGuard, resolveOverlapChecks } from './overlap-check.js';
@@ -410,6 +410,12 @@ export async function closeAll(owned: (Storage | Image)[]): Promise<void> {
   }
   owned.length = 0;
   if (first !== undefined) throw first;
+}
+
+/** `error` with `prefix: ` before its message, its code kept (a non-Qcow2Error becomes IO). */
+export function prefixed(prefix: string, error: unknown): Qcow2Error {
+  if (isQcow2Error(error)) return new Qcow2Error(error.code, `${prefix}: ${error.message}`, { cause: error });
+  return new Qcow2Error('IO', `${prefix}: ${String(error)}`, { cause: error });
 }
 
 /** The persistent bitmaps qemu would load (when the autoclear bit says they are valid). */
