@@ -602,7 +602,8 @@ export class ClusterWriter {
     const count = keep ? -scanned : scanned;
     const words = this.#words;
     const bytes = Math.min(remaining, count * cs - inCluster);
-    this.#checkEntries(words, count, offset);
+    // Only an extended entry's bitmap can make a subcluster type INVALID.
+    if (this.#extended) this.#checkEntries(words, count, offset);
     const cow = cowBounds(words, count, inCluster, bytes, keep, this.#geometry);
     if (keep) return this.#writeKept(src, pos, offset, count, bytes, cow);
 
@@ -651,9 +652,21 @@ export class ClusterWriter {
     try {
       const b = ref.slice.bytes;
       const maxCount = Math.min(Math.ceil((inCluster + remaining) / cs), this.#sliceEntries - ref.index);
-      let p = ref.index * this.#entrySize;
-      keep = !this.#needsNewCluster(u32(b, p), u32(b, p + 4));
-      let expected = keep ? this.#hostOf(u32(b, p), u32(b, p + 4), clusterStart) + cs : 0;
+      const es = this.#entrySize;
+      let p = ref.index * es;
+      let expected = 0;
+      if ((u32(b, p) & L2E_COPIED_HI) === 0) {
+        // Not COPIED: a new cluster whatever the type (qemu's cluster_needs_new_alloc), and so
+        // for the entries after it that are not COPIED either; the loop below goes on from there.
+        keep = false;
+        while (count < maxCount && (u32(b, p + es) & L2E_COPIED_HI) === 0) {
+          p += es;
+          count++;
+        }
+      } else {
+        keep = !this.#needsNewCluster(u32(b, p), u32(b, p + 4));
+        if (keep) expected = this.#hostOf(u32(b, p), u32(b, p + 4), clusterStart) + cs;
+      }
       for (; count < maxCount; count++) {
         p += this.#entrySize;
         const hi = u32(b, p);
