@@ -1,7 +1,7 @@
 import { rm, stat } from 'node:fs/promises';
 import { createImage, openImage, type CreateOptions, type OpenOptions } from '@qcow2/engine';
 import { createNodeResolver, createNodeStorage } from '@qcow2/storage-node';
-import { createMemoryStorage, isQcow2Error, Qcow2Error, type Storage, type StorageResolver } from '@qcow2/storage';
+import { Qcow2Error, type Storage, type StorageResolver } from '@qcow2/storage';
 import { CliError, describeError, describeFileError, errnoOf } from './errors.js';
 import type { CacheMode, CliHost, HostOpenOptions, ImageFormat, ImageLike, OutputFile } from './host.js';
 import { pathCombine } from './path-combine.js';
@@ -153,25 +153,6 @@ function engineCacheMode(mode: CacheMode): 'writeback' | 'unsafe' | 'none' {
 async function writeZeros(storage: Storage, from: number, to: number): Promise<void> {
   const chunk = new Uint8Array(Math.min(1 << 20, Math.max(0, to - from)));
   for (let at = from; at < to; at += chunk.length) await storage.write(chunk.subarray(0, Math.min(chunk.length, to - at)), at);
-}
-
-let writeSupport: Promise<boolean> | undefined;
-
-/** Whether @qcow2/engine opens images for writing (the write-command tests ask; openImage no longer does). */
-export function engineWrites(): Promise<boolean> {
-  writeSupport ??= (async () => {
-    try {
-      const storage = createMemoryStorage();
-      await createImage(storage, { size: 1 << 20 });
-      const image = (await openImage(storage, { readOnly: false })) as { write?: unknown; close(): Promise<void> };
-      await image.close();
-      return typeof image.write === 'function';
-    } catch (error) {
-      if (isQcow2Error(error)) return false;
-      throw error;
-    }
-  })();
-  return writeSupport;
 }
 
 /**

@@ -84,10 +84,8 @@ export function zeroRuns(bytes: Uint8Array, minSparse: number): number[] {
   let buf: Buffer | undefined;
   const zero = (s: number): boolean => {
     const start = s * SECTOR;
-    const end = Math.min(start + SECTOR, length);
-    if (bytes[start] !== 0 || bytes[end - 1] !== 0) return false;
     buf ??= bufferOf(bytes);
-    return rangeIsZero(bytes, buf, start, end);
+    return rangeIsZero(bytes, buf, start, Math.min(start + SECTOR, length));
   };
   /** Sectors below this one are classified (the one just below, if any, is not all zeros). */
   let known = 0;
