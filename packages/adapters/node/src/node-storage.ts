@@ -422,8 +422,20 @@ class NodeFile implements NodeStorage {
       return RESOLVED;
     }
     if (blockers === undefined && src.length >= WRITE_RUN_MAX) {
+      if (this.#writes.size === 0) {
+        // A large write with nothing else in flight (a copy's writes, one after another): on
+        // this thread, without the hand-off to the pool and back, which left the file idle for
+        // ~0.3 ms between a copy's 1-2 MiB writes (convert -O qcow2 of 512 MiB raw,
+        // from start to exit: 290-300 -> 230-275 ms).
+        try {
+          this.#writeNow(src, offset);
+        } catch (error) {
+          return Promise.reject(error);
+        }
+        return RESOLVED;
+      }
       // Joins no batch (a run stops at WRITE_RUN_MAX): to the pool now, without waiting for the
-      // tick's end (a copy's next write goes out as soon as the one before completes).
+      // tick's end.
       return this.#start(offset, end, () => this.#writeInPool(src, offset));
     }
     if (blockers === undefined) {

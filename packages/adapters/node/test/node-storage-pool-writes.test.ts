@@ -46,6 +46,27 @@ describe('createNodeStorage writes on the thread pool', () => {
     await s.close();
   });
 
+  it('writes a 1 MiB write with nothing else in flight on the calling thread, one issued while another is in flight on the pool', async () => {
+    const path = newPath();
+    const s = await createNodeStorage(path, { create: true });
+    const MiB = 1024 * 1024;
+    const alone = pattern(MiB, 11);
+    await s.write(alone, 0);
+    expect(poolWrite).not.toHaveBeenCalled();
+    expect(syncWrite).toHaveBeenCalledTimes(1);
+    // A 64 KiB write waits for the tick's batch; the 1 MiB write issued meanwhile goes to the pool.
+    const small = s.write(pattern(KiB64, 12), MiB);
+    const big = s.write(pattern(MiB, 13), 2 * MiB);
+    await Promise.all([small, big]);
+    expect(poolWrite).toHaveBeenCalledTimes(2);
+    expect(syncWrite).toHaveBeenCalledTimes(1);
+    await s.close();
+    const bytes = new Uint8Array(fs.readFileSync(path));
+    expect(same(bytes.subarray(0, MiB), alone)).toBe(true);
+    expect(same(bytes.subarray(MiB, MiB + KiB64), pattern(KiB64, 12))).toBe(true);
+    expect(same(bytes.subarray(2 * MiB), pattern(MiB, 13))).toBe(true);
+  });
+
   it('keeps program order: overlapping writes land in call order, reads see the writes issued before them', async () => {
     const path = newPath();
     const s = await createNodeStorage(path, { create: true });
