@@ -131,22 +131,56 @@ describe('createNodeStorage writes on the thread pool', () => {
     await s.close();
   });
 
-  it('sends the file-contiguous writes of one tick as writevs of at most 1 MiB', async () => {
+  it('sends the file-contiguous writes of one tick as writevs of at most 2 MiB, one writev in the pool at a time', async () => {
     const path = newPath();
     const s = await createNodeStorage(path, { create: true });
-    const pieces = Array.from({ length: 20 }, (_, i) => pattern(KiB64, 20 + i));
-    // 20 contiguous writes, then one elsewhere: writevs of 16 and 4, and a single write.
+    const real = await vi.importActual<typeof import('node:fs')>('node:fs');
+    let inPool = 0;
+    let most = 0;
+    poolWritev.mockImplementation(((fd: number, buffers: Uint8Array[], position: number, callback: (e: unknown, n: number) => void) => {
+      inPool++;
+      most = Math.max(most, inPool);
+      real.writev(fd, buffers, position, (error, written) => {
+        // Completes a few turns later: the runs sent meanwhile must wait for it.
+        setImmediate(() => {
+          inPool--;
+          callback(error, written);
+        });
+      });
+    }) as unknown as typeof fs.writev);
+    try {
+      const pieces = Array.from({ length: 80 }, (_, i) => pattern(KiB64, 20 + i));
+      // 80 contiguous writes, then one elsewhere: writevs of 32, 32 and 16, and a single write.
+      const writes = pieces.map((p, i) => s.write(p, i * KiB64));
+      const apart = pattern(KiB64, 50);
+      writes.push(s.write(apart, 100 * KiB64));
+      await Promise.all(writes);
+      expect(poolWritev.mock.calls.map((c) => (c[1] as Uint8Array[]).length)).toEqual([32, 32, 16]);
+      expect(poolWritev.mock.calls.map((c) => c[2])).toEqual([0, 32 * KiB64, 64 * KiB64]);
+      expect(most).toBe(1);
+      expect(poolWrite).toHaveBeenCalledTimes(1);
+      await s.close();
+      const bytes = new Uint8Array(fs.readFileSync(path));
+      for (const [i, p] of pieces.entries()) expect(same(bytes.subarray(i * KiB64, (i + 1) * KiB64), p)).toBe(true);
+      expect(same(bytes.subarray(100 * KiB64), apart)).toBe(true);
+    } finally {
+      poolWritev.mockReset();
+      poolWritev.mockImplementation(real.writev);
+    }
+  });
+
+  it('close waits for the runs queued behind the one in the pool', async () => {
+    const path = newPath();
+    const s = await createNodeStorage(path, { create: true });
+    const pieces = Array.from({ length: 96 }, (_, i) => pattern(KiB64, 3 + i));
     const writes = pieces.map((p, i) => s.write(p, i * KiB64));
-    const apart = pattern(KiB64, 50);
-    writes.push(s.write(apart, 40 * KiB64));
+    const closing = s.close();
     await Promise.all(writes);
-    expect(poolWritev).toHaveBeenCalledTimes(2);
-    expect(poolWritev.mock.calls.map((c) => (c[1] as Uint8Array[]).length)).toEqual([16, 4]);
-    expect(poolWrite).toHaveBeenCalledTimes(1);
-    await s.close();
+    await closing;
+    expect(poolWritev).toHaveBeenCalledTimes(3);
     const bytes = new Uint8Array(fs.readFileSync(path));
+    expect(bytes.length).toBe(96 * KiB64);
     for (const [i, p] of pieces.entries()) expect(same(bytes.subarray(i * KiB64, (i + 1) * KiB64), p)).toBe(true);
-    expect(same(bytes.subarray(40 * KiB64), apart)).toBe(true);
   });
 
   it('a failed writev is retried write by write, each failure named by its own offset', async () => {
