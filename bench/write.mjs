@@ -4,10 +4,8 @@
 //   node bench/write.mjs [--pairs 5] [--raw-mib 512] [--only seq,step,convert,convert-c] [--dir DIR] [--bundle]
 //
 // `qcow2` is the built binary (node_modules/.bin/qcow2: run `pnpm build` first); with --bundle,
-// packages/cli/src/cli.ts and the workspace sources it imports are bundled with esbuild first
-// (no dependence on dist folders another build may be rewriting), with code splitting as tsup's
-// ESM build of the published binary has it: a command's module and what only it imports are
-// loaded when that command runs.
+// it is built from the workspace sources first as the published one is (bench/build-cli.mjs), so
+// nothing depends on dist folders another build may be rewriting.
 //
 // Wall time of whole commands (process start to exit), `-t unsafe` everywhere, each pair run in
 // alternating order (qemu first in odd pairs); before every run (not timed) the previous output
@@ -28,10 +26,10 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildCli } from './build-cli.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -46,26 +44,10 @@ const base = String(opt('dir', tmpdir()));
 
 const dir = mkdtempSync(join(base, 'qcow2-bench-write-'));
 let qcow2Bin = join(root, 'node_modules/.bin/qcow2');
-if (args.includes('--bundle')) {
-  // esbuild comes with tsup (a root devDependency).
-  const esbuild = createRequire(createRequire(join(root, 'package.json')).resolve('tsup'))('esbuild');
-  const outdir = join(dir, 'bundle');
-  await esbuild.build({
-    entryPoints: { qcow2: join(root, 'packages/cli/src/cli.ts') },
-    bundle: true,
-    splitting: true,
-    outExtension: { '.js': '.mjs' },
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['@qcow2/source'],
-    // What Node gets from the published packages: @qcow2/compress's Node entry (node:zlib).
-    alias: { '@qcow2/compress': join(root, 'packages/compress/src/node.ts') },
-    outdir,
-    logLevel: 'error',
-  });
-  qcow2Bin = join(outdir, 'qcow2.mjs');
-}
+if (args.includes('--bundle')) qcow2Bin = await buildCli(join(dir, 'bundle'));
+// The binary's code cache (see packages/cli/src/bin.ts) starts empty in every run of this
+// script: the first qcow2 run of each command makes it, the others use it.
+process.env.QCOW2_COMPILE_CACHE = join(dir, 'compile-cache');
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -104,7 +86,7 @@ function compare(title, makeArgs, prepare) {
   const cpuRatios = [];
   for (let p = 0; p < pairs; p++) {
     const run = (cmd) =>
-      cmd === qcow2Bin && cmd.endsWith('.mjs')
+      cmd === qcow2Bin && cmd.endsWith('.cjs')
         ? timed(process.execPath, [cmd, ...makeArgs(cmd)], () => prepare(cmd))
         : timed(cmd, makeArgs(cmd), () => prepare(cmd));
     let qemu, ours;

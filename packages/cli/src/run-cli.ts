@@ -1,16 +1,12 @@
-#!/usr/bin/env node
 import { main } from './main.js';
 
-/** The `qcow2` binary: main() over process.argv and the standard streams. */
-
+/** An error that escaped main (a bug): one line on stderr, exit status 1. */
 function fatal(error: unknown): void {
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`qcow2: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
   process.exit(1);
 }
 
-process.on('uncaughtException', fatal);
-process.on('unhandledRejection', fatal);
 /**
  * process.stdout, made (and given its error handler) on the first output: making it loads
  * Node's stream modules, which a command that prints nothing (convert, create -q) does not need.
@@ -43,16 +39,25 @@ const flush = (): void => {
   }
 };
 
-const code = await main(process.argv.slice(2), {
-  stdout: (text) => {
-    pending += text;
-    if (pending.length >= 1 << 16 || text.endsWith('\r')) flush();
-  },
-  stderr: (text) => {
-    flush();
-    process.stderr.write(text);
-  },
-  stdinLines,
-});
-flush();
-process.exitCode = code;
+/**
+ * The `qcow2` binary's body: main() over `argv` (process.argv after the script), the standard
+ * streams (stdout buffered, stderr unbuffered) and stdin, process.exitCode set to its exit status.
+ * An error that escapes it (a bug) is printed on one line, exit status 1, without a stack trace.
+ */
+export async function runCli(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
+  const code = await main(argv, {
+    stdout: (text) => {
+      pending += text;
+      if (pending.length >= 1 << 16 || text.endsWith('\r')) flush();
+    },
+    stderr: (text) => {
+      flush();
+      process.stderr.write(text);
+    },
+    stdinLines,
+  });
+  flush();
+  process.exitCode = code;
+}
