@@ -9,18 +9,24 @@ import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
-export async function buildCli(outdir) {
-  // esbuild comes with tsup (a root devDependency).
+/** esbuild (it comes with tsup, a root devDependency) and the options that bundle workspace sources. */
+export function workspaceBundler(format) {
   const esbuild = createRequire(createRequire(join(root, 'package.json')).resolve('tsup'))('esbuild');
   const common = {
     bundle: true,
     platform: 'node',
-    format: 'cjs',
+    format,
     target: 'node20',
     conditions: ['@qcow2/source'],
+    // What Node gets from the published packages: @qcow2/compress's Node entry (node:zlib).
     alias: { '@qcow2/compress': join(root, 'packages/compress/src/node.ts') },
     logLevel: 'error',
   };
+  return { esbuild, common };
+}
+
+export async function buildCli(outdir) {
+  const { esbuild, common } = workspaceBundler('cjs');
   await esbuild.build({ ...common, entryPoints: [join(root, 'packages/cli/src/bin.ts')], outfile: join(outdir, 'cli.cjs') });
   await esbuild.build({
     ...common,

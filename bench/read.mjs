@@ -20,11 +20,10 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { buildCli } from './build-cli.mjs';
+import { buildCli, workspaceBundler } from './build-cli.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -52,18 +51,7 @@ const median = (xs) => {
 let qcow2Bin = join(root, 'node_modules/.bin/qcow2');
 let engineModule = undefined;
 if (args.includes('--bundle')) {
-  // esbuild comes with tsup (a root devDependency).
-  const esbuild = createRequire(createRequire(join(root, 'package.json')).resolve('tsup'))('esbuild');
-  const common = {
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    conditions: ['@qcow2/source'],
-    // What Node gets from the published packages: @qcow2/compress's Node entry (node:zlib).
-    alias: { '@qcow2/compress': join(root, 'packages/compress/src/node.ts') },
-    logLevel: 'error',
-  };
+  const { esbuild, common } = workspaceBundler('esm');
   qcow2Bin = await buildCli(join(dir, 'bin'));
   engineModule = join(dir, 'engine.mjs');
   await esbuild.build({
