@@ -522,23 +522,32 @@ class NodeFile implements NodeStorage {
       return;
     }
     this.#runInPool = true;
-    writevAsync(this.#fd, buffers, queue[from]!.offset, (error, written) => {
-      this.#runInPool = false;
-      if (this.#runsWaiting.length > 0) {
-        const next = this.#runsWaiting.shift()!;
-        this.#sendRun(next.queue, next.from, next.to, next.buffers, next.bytes);
-      }
-      if (error === null && written === bytes) {
-        for (let k = from; k < to; k++) {
-          const w = queue[k]!;
-          this.#writes.delete(w);
-          w.resolve();
+    try {
+      writevAsync(this.#fd, buffers, queue[from]!.offset, (error, written) => {
+        this.#nextRun();
+        if (error === null && written === bytes) {
+          for (let k = from; k < to; k++) {
+            const w = queue[k]!;
+            this.#writes.delete(w);
+            w.resolve();
+          }
+          return;
         }
-        return;
-      }
-      // Rewriting what a short writev did write changes nothing; errors are named per write.
+        // Rewriting what a short writev did write changes nothing; errors are named per write.
+        for (let k = from; k < to; k++) this.#writeAlone(queue[k]!);
+      });
+    } catch {
+      // Refused before reaching the pool: each write on its own, which names the error.
+      this.#nextRun();
       for (let k = from; k < to; k++) this.#writeAlone(queue[k]!);
-    });
+    }
+  }
+
+  /** The run in the pool is done: the next waiting one goes. */
+  #nextRun(): void {
+    this.#runInPool = false;
+    const next = this.#runsWaiting.shift();
+    if (next !== undefined) this.#sendRun(next.queue, next.from, next.to, next.buffers, next.bytes);
   }
 
   /** A queued write on its own (alone in its run, or after its run's writev failed or came back short). */

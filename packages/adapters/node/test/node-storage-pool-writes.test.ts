@@ -169,6 +169,23 @@ describe('createNodeStorage writes on the thread pool', () => {
     }
   });
 
+  it('a writev refused before it reaches the pool does not hold back the runs behind it', async () => {
+    const path = newPath();
+    const s = await createNodeStorage(path, { create: true });
+    poolWritev.mockImplementationOnce((() => {
+      throw Object.assign(new Error('EINVAL: refused'), { code: 'EINVAL' });
+    }) as unknown as typeof fs.writev);
+    const pieces = Array.from({ length: 64 }, (_, i) => pattern(KiB64, 70 + i));
+    // Two runs: the first writev is refused (its writes are then made one by one), the second
+    // still goes out; nothing is left waiting.
+    await Promise.all(pieces.map((p, i) => s.write(p, i * KiB64)));
+    expect(poolWritev).toHaveBeenCalledTimes(2);
+    expect(poolWrite).toHaveBeenCalledTimes(32);
+    await s.close();
+    const bytes = new Uint8Array(fs.readFileSync(path));
+    for (const [i, p] of pieces.entries()) expect(same(bytes.subarray(i * KiB64, (i + 1) * KiB64), p)).toBe(true);
+  });
+
   it('close waits for the runs queued behind the one in the pool', async () => {
     const path = newPath();
     const s = await createNodeStorage(path, { create: true });
