@@ -12,7 +12,7 @@ export default defineConfig([
   },
   {
     // The `qcow2` binary: a launcher (dist/cli.cjs) that runs the CLI bundled whole (dist/qcow2.cjs:
-    // run-cli.ts with every @qcow2 package and codec it uses) from V8's code cache. CommonJS: Node
+    // run-cli.ts with every @qcow2 package it uses, but the codecs below) from V8's code cache. CommonJS: Node
     // offers code caching for scripts it compiles through node:vm, not for ES modules (see bin.ts).
     entry: { cli: 'src/bin.ts' },
     format: ['cjs'],
