@@ -637,11 +637,14 @@ export class Refcounts {
     try {
       const bytes = entry.bytes;
       if (!allZero(bytes, first - base, first - base + count, order)) return -1;
-      // Marked dirty first: it refuses (read-only storage) before anything has changed.
-      this.cache.markDirty(entry);
+      // Marked dirty first: a refusal (read-only storage) comes before anything has changed,
+      // and the general path then names it.
+      try {
+        this.cache.markDirty(entry);
+      } catch {
+        return -1;
+      }
       setOnes(bytes, first - base, first - base + count, order);
-    } catch {
-      return -1;
     } finally {
       this.cache.release(entry);
     }

@@ -241,11 +241,7 @@ class NodeFile implements NodeStorage {
     ) {
       return this.#readChecked(dst, offset);
     }
-    return new Promise<number>((resolve, reject) => {
-      this.#pending.push({ dst, offset, resolve, reject, pieces: 0, retry: false });
-      // A promise reaction, not queueMicrotask (which builds an AsyncResource per call).
-      if (this.#pending.length === 1) void settled.then(this.#drain);
-    });
+    return this.#queueRead(dst, offset);
   }
 
   #readChecked(dst: Uint8Array, offset: number): Promise<number> {
@@ -264,7 +260,7 @@ class NodeFile implements NodeStorage {
     return this.#queueRead(dst, offset);
   }
 
-  /** Queues a checked read for this tick's batch (see #drain): read's end, for #readChecked. */
+  /** Queues a checked read for this tick's batch (see #drain). */
   #queueRead(dst: Uint8Array, offset: number): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       this.#pending.push({ dst, offset, resolve, reject, pieces: 0, retry: false });
