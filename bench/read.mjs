@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Read benchmark of issue 3, side by side with qemu-img in the same run.
 //
-//   node bench/read.mjs [--size-mib 1024] [--pairs 7] [--depth 64] [--bundle] [--only bench,engine]
+//   node bench/read.mjs [--size-mib 1024] [--pairs 7] [--depth 64] [--bundle] [--bin CLI.cjs] [--only bench,engine]
 //
 // 1. qcow2 bench vs qemu-img bench: sequential 64 KiB reads over a fully allocated image (every
 //    cluster holds random data), alternating which tool runs first in each pair. Each tool reports
@@ -64,6 +64,8 @@ if (args.includes('--bundle')) {
     outfile: engineModule,
   });
 }
+
+if (opt('bin') !== undefined) qcow2Bin = resolve(opt('bin')); // a cli.cjs built elsewhere, to compare builds
 
 /** Runs `cmd args` through sh, returning its stdout and the user+sys CPU seconds of the process. */
 function runTimed(cmd, cmdArgs) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Write benchmark of issue 4, side by side with qemu-img in the same run.
 //
-//   node bench/write.mjs [--pairs 5] [--raw-mib 512] [--only seq,step,convert,convert-c] [--dir DIR] [--bundle]
+//   node bench/write.mjs [--pairs 5] [--raw-mib 512] [--only seq,step,convert,convert-c] [--dir DIR] [--bundle | --bin CLI.cjs]
 //
 // `qcow2` is the built binary (node_modules/.bin/qcow2: run `pnpm build` first); with --bundle,
 // it is built from the workspace sources first as the published one is (bench/build-cli.mjs), so
@@ -45,6 +45,7 @@ const base = String(opt('dir', tmpdir()));
 const dir = mkdtempSync(join(base, 'qcow2-bench-write-'));
 let qcow2Bin = join(root, 'node_modules/.bin/qcow2');
 if (args.includes('--bundle')) qcow2Bin = await buildCli(join(dir, 'bundle'));
+if (opt('bin') !== undefined) qcow2Bin = resolve(opt('bin')); // a cli.cjs built elsewhere, to compare builds
 // The binary's code cache (see packages/cli/src/bin.ts) starts empty in every run of this
 // script: the first qcow2 run of each command makes it, the others use it.
 process.env.QCOW2_COMPILE_CACHE = join(dir, 'compile-cache');

@@ -2,11 +2,13 @@
  * The built `qcow2` binary (dist/cli.cjs running dist/qcow2.cjs): the same output with and
  * without V8's code cache, the cache made once per command in a private directory, a damaged or
  * foreign cache ignored and made again, the cache off with QCOW2_COMPILE_CACHE=0, stdin read
- * through the bundle, and errors as one line. Needs the build (`pnpm build`, which the test
+ * through the bundle, errors as one line, and the process settings the launcher makes (libuv's
+ * pool size, TurboFan's inlining limit). Needs the build (`pnpm build`, which the test
  * command runs first); under CI=true a missing build is a failure.
  */
 import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { isCI, makeTempDir } from '@qcow2/test-utils';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -110,5 +112,32 @@ describe.skipIf(!built)('the qcow2 binary', () => {
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toContain('missing.qcow2');
     expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('sizes libuv\'s pool to the cores (2 to 4) unless UV_THREADPOOL_SIZE is set, and limits inlining', () => {
+    // A module loaded before the launcher reports, at exit, what the launcher left in the process:
+    // the pool size it set and V8's code-cache tag, which covers every V8 flag.
+    const probe = join(tmp.dir, 'probe.cjs');
+    const report = join(tmp.dir, 'probe.txt');
+    writeFileSync(
+      probe,
+      `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(report)}, ` +
+        `String(process.env.UV_THREADPOOL_SIZE) + ' ' + require('node:v8').cachedDataVersionTag()));`,
+    );
+    const tagWith = (flags: string[]): string =>
+      spawnSync(process.execPath, [...flags, '-p', "require('node:v8').cachedDataVersionTag()"], { encoding: 'utf8' }).stdout.trim();
+    const tuned = tagWith(['--max-inlined-bytecode-size=100']);
+    expect(tuned).not.toBe(tagWith([]));
+    const run = (env: Record<string, string | undefined>): string[] => {
+      const { UV_THREADPOOL_SIZE: _unset, ...rest } = process.env;
+      const r = spawnSync(process.execPath, ['--require', probe, bin, 'info', '-f', 'raw', image], {
+        encoding: 'utf8',
+        env: { ...rest, QCOW2_COMPILE_CACHE: '0', ...env },
+      });
+      expect(r.status).toBe(0);
+      return readFileSync(report, 'utf8').split(' ');
+    };
+    expect(run({})).toEqual([String(Math.min(4, Math.max(2, availableParallelism()))), tuned]);
+    expect(run({ UV_THREADPOOL_SIZE: '7' })).toEqual(['7', tuned]);
   });
 });
