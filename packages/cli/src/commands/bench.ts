@@ -144,7 +144,7 @@ export async function benchCommand(ctx: Context, argv: readonly string[]): Promi
     );
     if (flushInterval !== 0) ctx.out(`Sending flush every ${flushInterval} requests\n`);
     const plan = { count, depth, bufferSize, step: stepSize, offset, imageSize };
-    // As qemu-img: the read buffers exist before the clock starts.
+    // As qemu-img: the read buffers exist, written once (qemu memsets them), before the clock starts.
     const buffers = write ? [] : readBuffers(plan);
     const start = ctx.now();
     if (write) {
@@ -169,9 +169,12 @@ interface BenchPlan {
   imageSize: number;
 }
 
-/** One buffer per request in flight. */
+/**
+ * One buffer per request in flight, each written once so that its pages exist before the clock
+ * starts (a fresh allocation is only mapped: the first read into it would fault in every page).
+ */
 function readBuffers(plan: BenchPlan): Uint8Array[] {
-  return Array.from({ length: Math.min(plan.depth, Math.max(plan.count, 1)) }, () => new Uint8Array(plan.bufferSize));
+  return Array.from({ length: Math.min(plan.depth, Math.max(plan.count, 1)) }, () => new Uint8Array(plan.bufferSize).fill(0));
 }
 
 /** bench_cb's loop: keep `depth` reads in flight (one per buffer) until `count` have completed. */
