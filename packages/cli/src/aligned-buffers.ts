@@ -28,3 +28,20 @@ export function pageAlignedBuffers(count: number, size: number): Uint8Array[] {
   }
   return Array.from({ length: count }, () => new Uint8Array(size));
 }
+
+/**
+ * A malloc'd ArrayBuffer of at least this many bytes is mapped on its own by glibc and starts 16
+ * bytes past a page boundary: the slow case above. Smaller ones come from the heap at varying
+ * offsets (one in 256 of them at that slow offset).
+ */
+const MAPPED_MIN = 128 * 1024;
+
+/**
+ * A zero-filled buffer of `size` bytes for I/O: page-aligned (as qemu's blk_blockalign gives
+ * qemu-img and qemu-io theirs) when it is large enough to be mapped on its own, a plain
+ * Uint8Array otherwise (each WebAssembly memory reserves address space of its own, too much for
+ * every small request).
+ */
+export function ioBuffer(size: number): Uint8Array {
+  return size >= MAPPED_MIN ? pageAlignedBuffers(1, size)[0]! : new Uint8Array(size);
+}

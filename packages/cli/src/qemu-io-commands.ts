@@ -1,3 +1,4 @@
+import { ioBuffer } from './aligned-buffers.js';
 import { describeError } from './errors.js';
 import type { ImageLike } from './host.js';
 import { cvtstr, dumpBuffer, elapsedFromSeconds, printReport } from './io-format.js';
@@ -166,7 +167,7 @@ const readCommand: IoCommand = {
       session.out('read failed: Operation not supported\n');
       return false;
     }
-    const buffer = new Uint8Array(count.value).fill(0xab);
+    const buffer = ioBuffer(count.value).fill(0xab);
     const t1 = session.now();
     const failure = await pread(session, buffer, offset.value);
     const t2 = session.now();
@@ -236,7 +237,7 @@ const readvCommand: IoCommand = {
       }
       total += len.value;
     }
-    const buffer = new Uint8Array(total).fill(0xab);
+    const buffer = ioBuffer(total).fill(0xab);
     const t1 = session.now();
     const failure = await pread(session, buffer, offset.value);
     const t2 = session.now();

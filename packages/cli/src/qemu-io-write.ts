@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isQcow2Error } from '@qcow2/format';
+import { ioBuffer } from './aligned-buffers.js';
 import { describeError, errnoOf, strerror } from './errors.js';
 import type { ImageLike } from './host.js';
 import { elapsedFromSeconds, printReport } from './io-format.js';
@@ -88,7 +89,7 @@ function bufferFromFile(session: IoSession, name: string, length: number): Uint8
     session.err(`${name}: file is empty\n`);
     return undefined;
   }
-  const buffer = new Uint8Array(length);
+  const buffer = ioBuffer(length);
   for (let at = 0; at < length; at += pattern.length) buffer.set(pattern.subarray(0, Math.min(pattern.length, length - at)), at);
   return buffer;
 }
@@ -234,7 +235,7 @@ export const writeCommand: IoCommand = {
         buffer = bufferFromFile(session, source, count.value);
         if (buffer === undefined) return false;
       } else {
-        buffer = new Uint8Array(count.value).fill(pattern ?? 0xcd);
+        buffer = ioBuffer(count.value).fill(pattern ?? 0xcd);
       }
     }
     const t1 = session.now();
@@ -308,7 +309,7 @@ export const writevCommand: IoCommand = {
       if (total > REQUEST_MAX - len.value) return fail(session, `The total number of bytes exceed the maximum size ${REQUEST_MAX}`);
       total += len.value;
     }
-    const buffer = new Uint8Array(total).fill(pattern);
+    const buffer = ioBuffer(total).fill(pattern);
     const t1 = session.now();
     const error = !inRange(image, offset.value, total)
       ? 'Input/output error'

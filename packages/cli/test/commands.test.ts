@@ -131,12 +131,20 @@ describe('compare (fake engine)', () => {
         throw new Qcow2Error('CORRUPT', 'L2 entry at 0x40000 index 3: offset 0x50200 is not cluster-aligned');
       },
     });
+    // Fails later than `broken` does: both images are read at once, and the first image's
+    // failure is still the one reported.
+    const slowBroken = Object.assign(new FakeImage(M), {
+      read: async () => {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        throw new Qcow2Error('IO', 'slow failure');
+      },
+    });
     const noStatus = Object.assign(new FakeImage(M), {
       extents: async (): Promise<ImageExtent[]> => {
         throw new Qcow2Error('CORRUPT', 'L1 entry 0 is bad');
       },
     });
-    const host = fakeHost({ a, b, broken, noStatus });
+    const host = fakeHost({ a, b, broken, slowBroken, noStatus });
     expect((await run(['compare', 'a', 'b'], host)).stdout).toBe('Content mismatch at offset 69632!\n');
     expect(await run(['compare', 'a', 'broken'], host)).toEqual({
       code: 4,
@@ -144,6 +152,12 @@ describe('compare (fake engine)', () => {
       stderr:
         'qcow2: Error while reading offset 0 of broken: L2 entry at 0x40000 index 3: offset 0x50200 is not cluster-aligned\n',
     });
+    expect((await run(['compare', 'slowBroken', 'broken'], host)).stderr).toBe(
+      'qcow2: Error while reading offset 0 of slowBroken: slow failure\n',
+    );
+    expect((await run(['compare', 'broken', 'slowBroken'], host)).stderr).toBe(
+      'qcow2: Error while reading offset 0 of broken: L2 entry at 0x40000 index 3: offset 0x50200 is not cluster-aligned\n',
+    );
     expect(await run(['compare', 'a', 'noStatus'], host)).toEqual({
       code: 3,
       stdout: '',

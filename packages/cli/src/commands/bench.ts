@@ -1,3 +1,4 @@
+import { pageAlignedBuffers } from '../aligned-buffers.js';
 import type { Context } from '../context.js';
 import { CliError, describeError } from '../errors.js';
 import { getopt } from '../getopt.js';
@@ -170,11 +171,15 @@ interface BenchPlan {
 }
 
 /**
- * One buffer per request in flight, each written once so that its pages exist before the clock
- * starts (a fresh allocation is only mapped: the first read into it would fault in every page).
+ * One buffer per request in flight, page-aligned as qemu-img's (blk_blockalign; see
+ * pageAlignedBuffers for why it matters to the kernel's copies), each written once so that its
+ * pages exist before the clock starts (a fresh allocation is only mapped: the first read into it
+ * would fault in every page).
  */
 function readBuffers(plan: BenchPlan): Uint8Array[] {
-  return Array.from({ length: Math.min(plan.depth, Math.max(plan.count, 1)) }, () => new Uint8Array(plan.bufferSize).fill(0));
+  const buffers = pageAlignedBuffers(Math.min(plan.depth, Math.max(plan.count, 1)), plan.bufferSize);
+  for (const buffer of buffers) buffer.fill(0);
+  return buffers;
 }
 
 /** bench_cb's loop: keep `depth` reads in flight (one per buffer) until `count` have completed. */
@@ -223,7 +228,7 @@ interface WriteSettings {
  * writes and flushes in flight, not a set of their promises.
  */
 async function runWriteBench(image: BenchTarget, plan: BenchPlan, settings: WriteSettings): Promise<void> {
-  const buffer = new Uint8Array(plan.bufferSize).fill(settings.pattern);
+  const buffer = pageAlignedBuffers(1, plan.bufferSize)[0]!.fill(settings.pattern);
   const { depth, bufferSize, step, imageSize } = plan;
   const { flushInterval, drain, writethrough } = settings;
   let n = plan.count;
