@@ -1,7 +1,12 @@
 #!/usr/bin/env node
 // Read benchmark of issue 3, side by side with qemu-img in the same run.
 //
-//   node bench/read.mjs [--size-mib 1024] [--pairs 7] [--depth 64] [--bundle] [--bin CLI.cjs] [--only bench,engine]
+//   node bench/read.mjs [--size-mib 1024] [--pairs 7] [--depth 64] [--bundle] [--bin CLI.cjs]
+//                       [--node-args "FLAGS"] [--only bench,engine]
+//
+// --bin measures another build's cli.cjs; --node-args gives node flags for the qcow2 runs (e.g.
+// an older build run with the settings a newer launcher makes itself:
+// `UV_THREADPOOL_SIZE=2 node bench/read.mjs --bin OLD/cli.cjs --node-args --max-inlined-bytecode-size=100`).
 //
 // 1. qcow2 bench vs qemu-img bench: sequential 64 KiB reads over a fully allocated image (every
 //    cluster holds random data), alternating which tool runs first in each pair. Each tool reports
@@ -66,6 +71,7 @@ if (args.includes('--bundle')) {
 }
 
 if (opt('bin') !== undefined) qcow2Bin = resolve(opt('bin')); // a cli.cjs built elsewhere, to compare builds
+const nodeArgs = String(opt('node-args', '')).split(' ').filter(Boolean);
 
 /** Runs `cmd args` through sh, returning its stdout and the user+sys CPU seconds of the process. */
 function runTimed(cmd, cmdArgs) {
@@ -97,7 +103,7 @@ try {
   if (only.has('bench')) {
     const benchArgs = ['bench', '-c', String(count), '-d', String(depth), '-s', '64k', '-f', 'qcow2', image];
     const time = (cmd) => {
-      const r = cmd.endsWith('.cjs') ? runTimed(process.execPath, [cmd, ...benchArgs]) : runTimed(cmd, benchArgs);
+      const r = cmd.endsWith('.cjs') ? runTimed(process.execPath, [...nodeArgs, cmd, ...benchArgs]) : runTimed(cmd, benchArgs);
       const m = /Run completed in ([0-9.]+) seconds/.exec(r.stdout);
       if (r.status !== 0 || !m) throw new Error(`${cmd} bench failed: ${r.stderr || r.stdout}`);
       return { seconds: Number(m[1]), cpu: r.cpu };

@@ -160,10 +160,11 @@ function load(): CliBundle {
  *   bench loop, the image's read and the storage's read each carried the whole chain), and those
  *   compiles share the cores with the I/O during the first ~80 ms of a run.
  *
- * `qcow2 bench -c 16384 -d 64 -s 64k` of a fully allocated 1 GiB image, 2 cores, 21 rounds in
- * random order, median run time: 0.146 s as before, 0.139 s with the pool size, 0.136 s with the
- * inlining limit, 0.128 s with both (qemu-img bench 0.189 s). The write benchmarks
- * (bench/write.mjs) are unchanged within their noise.
+ * `node bench/read.mjs --pairs 7 --only bench` (qcow2 bench vs qemu-img bench, 1 GiB image,
+ * median throughput ratio), 2 cores at load ~3, two runs each: the previous binary (`--bin`, built
+ * at 3b31cbc) 1.30x and 1.16x; that binary given both settings by hand (`UV_THREADPOOL_SIZE=2 ...
+ * --node-args --max-inlined-bytecode-size=100`) 1.60x and 1.54x; this launcher (`--bundle`) 1.56x
+ * and 1.46x. `node bench/write.mjs --bin` old vs new: unchanged within noise.
  */
 function tuneRuntime(): void {
   if (process.env['UV_THREADPOOL_SIZE'] === undefined) {

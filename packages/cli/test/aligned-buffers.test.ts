@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { pageAlignedBuffers } from '../src/aligned-buffers.js';
+import { ioBuffer, pageAlignedBuffers } from '../src/aligned-buffers.js';
 import { isZero, zeroRuns } from '../src/zero-scan.js';
 
 describe('pageAlignedBuffers', () => {
@@ -43,5 +43,22 @@ describe('pageAlignedBuffers', () => {
     });
     const buffers = pageAlignedBuffers(2, 4096);
     expect(buffers.map((b) => b.length)).toEqual([4096, 4096]);
+  });
+});
+
+describe('ioBuffer', () => {
+  it('is page-aligned WebAssembly memory from 128 KiB on, an ordinary buffer below', () => {
+    const large = ioBuffer(128 * 1024);
+    expect(large.length).toBe(128 * 1024);
+    expect(large.byteOffset).toBe(0);
+    expect(large.buffer.byteLength % 65536).toBe(0);
+    expect(isZero(large)).toBe(true);
+    const odd = ioBuffer(200 * 1024 + 3);
+    expect(odd.length).toBe(200 * 1024 + 3);
+    expect(odd.buffer.byteLength).toBe(4 * 65536); // whole WebAssembly pages
+    const small = ioBuffer(128 * 1024 - 1);
+    expect(small.length).toBe(128 * 1024 - 1);
+    expect(small.buffer.byteLength).toBe(128 * 1024 - 1); // its own ArrayBuffer, no page rounding
+    expect(isZero(small)).toBe(true);
   });
 });
